@@ -1,0 +1,1 @@
+"""The mini cluster: namespaces and links (netns.py), manifests, the endpoints controller."""

@@ -1,0 +1,71 @@
+"""Upstream kube-proxy's names for per-service kernel objects.
+
+Both modes hash the service port name so that a chain name is stable across restarts and
+nodes, and short enough for the kernel's limits:
+
+* iptables chain names must be <= 28 characters, so `KUBE-SVC-` etc. get 16 base32
+  characters of sha256(servicePortName + protocol) (`portProtoHash` in upstream's
+  pkg/proxy/iptables/proxier.go).  Example: "ns4/svc4:p80" + "tcp" -> 4SW47YFZTEDKD3PK.
+* nftables allows 256 characters, so names keep the readable part after 8 hash characters
+  (`hashAndTruncate` in pkg/proxy/nftables/proxier.go, capped at 240 characters).
+  Example: "ns1/svc1/tcp/p80" -> "ULMVA6XW-ns1/svc1/tcp/p80".
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+
+IPTABLES_HASH_LEN = 16
+NFT_HASH_LEN = 8
+NFT_NAME_MAX = 240
+
+
+def _b32sha256(text: str) -> str:
+    return base64.b32encode(hashlib.sha256(text.encode()).digest()).decode()
+
+
+def port_proto_hash(service_port_name: str, protocol: str) -> str:
+    """16-char hash used by KUBE-SVC/SVL/EXT/FW chains.
+
+    >>> port_proto_hash("ns4/svc4:p80", "tcp")
+    '4SW47YFZTEDKD3PK'
+    """
+    return _b32sha256(service_port_name + protocol.lower())[:IPTABLES_HASH_LEN]
+
+
+def endpoint_hash(service_port_name: str, protocol: str, endpoint: str) -> str:
+    """16-char hash used by KUBE-SEP chains; `endpoint` is "ip:port".
+
+    >>> endpoint_hash("ns1/svc1:p80", "tcp", "10.180.0.1:80")
+    'SXIVWICOYRO3J4NJ'
+    """
+    return _b32sha256(service_port_name + protocol.lower() + endpoint)[:IPTABLES_HASH_LEN]
+
+
+def iptables_chain(prefix: str, service_port_name: str, protocol: str) -> str:
+    """E.g. iptables_chain("KUBE-SVC-", "default/kubernetes:https", "tcp") -> KUBE-SVC-NPX46M4PTMTKRN6Y."""
+    return prefix + port_proto_hash(service_port_name, protocol)
+
+
+def iptables_sep_chain(service_port_name: str, protocol: str, endpoint: str) -> str:
+    return "KUBE-SEP-" + endpoint_hash(service_port_name, protocol, endpoint)
+
+
+def hash_and_truncate(name: str) -> str:
+    """nftables' readable hashed name.
+
+    >>> hash_and_truncate("ns1/svc1/tcp/p80")
+    'ULMVA6XW-ns1/svc1/tcp/p80'
+    """
+    return (_b32sha256(name)[:NFT_HASH_LEN] + "-" + name)[:NFT_NAME_MAX]
+
+
+def nft_service_base(namespace: str, name: str, protocol: str, port_name: str) -> str:
+    """Upstream's servicePortChainNameBase: "ns/name/proto/portname"."""
+    return f"{namespace}/{name}/{protocol.lower()}/{port_name}"
+
+
+def nft_endpoint_base(service_base: str, ip: str, port: int) -> str:
+    """Upstream's servicePortEndpointChainNameBase: base + "__" + ip + "/" + port (IPv6 ':' -> '.')."""
+    return f"{service_base}__{ip.replace(':', '.')}/{port}"
