@@ -207,7 +207,8 @@ def service_ports(svc: Any) -> list[ServicePort]:
     if spec.session_affinity == "ClientIP":
         affinity = _get(spec, "session_affinity_config", "client_ip", "timeout_seconds") or DEFAULT_AFFINITY_SECONDS
     lb_ips = tuple(i.ip for i in (_get(svc, "status", "load_balancer", "ingress") or []) if i.ip)
-    external = bool(spec.external_i_ps) or stype in ("NodePort", "LoadBalancer")
+    external_ips = _get(spec, "external_ips") or _get(spec, "external_i_ps") or ()  # client >= 30 renamed it
+    external = bool(external_ips) or stype in ("NodePort", "LoadBalancer")
     out = []
     for p in spec.ports or []:
         proto = (p.protocol or "TCP").upper()
@@ -219,7 +220,7 @@ def service_ports(svc: Any) -> list[ServicePort]:
                 port=int(p.port),
                 protocol=proto,
                 node_port=int(p.node_port or 0) if stype in ("NodePort", "LoadBalancer") else 0,
-                external_ips=tuple(spec.external_i_ps or ()),
+                external_ips=tuple(external_ips),
                 load_balancer_ips=lb_ips if stype == "LoadBalancer" else (),
                 load_balancer_source_ranges=tuple(spec.load_balancer_source_ranges or ())
                 if stype == "LoadBalancer"
