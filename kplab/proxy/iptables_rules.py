@@ -1,0 +1,369 @@
+"""The iptables-restore input that upstream kube-proxy's iptables proxier loads, built from a ProxyState.
+
+Pure (no kernel, no root): `build(state, options)` walks the service ports the way upstream's
+`syncProxyRules()` (pkg/proxy/iptables/proxier.go) does and returns the `*filter ... COMMIT
+*nat ... COMMIT` text plus what a sync needs to remember (the active nat chains, an
+annotation per hashed chain).  The shape, per service port `ns/name:port`:
+
+    nat  KUBE-SERVICES  -d clusterIP --dport p      -> KUBE-SVC-h (or KUBE-SVL-h, iTP=Local)
+                        -d externalIP / LB IP       -> KUBE-EXT-h (LB IP with source ranges: KUBE-FW-h)
+         KUBE-NODEPORTS --dport nodePort            -> KUBE-EXT-h
+         KUBE-EXT-h     masquerade (eTP=Cluster) or short-circuit pods/host (eTP=Local) -> SVC/SVL
+         KUBE-SVC-h     ! -s clusterCIDR -> MARK-MASQ; statistic cascade -> KUBE-SEP-h2 ...
+         KUBE-SEP-h2    -s epIP -> MARK-MASQ (hairpin); DNAT --to-destination ip:port
+    filter KUBE-SERVICES / KUBE-EXTERNAL-SERVICES: REJECT (no endpoints) or DROP (no local ones)
+           KUBE-PROXY-FIREWALL: DROP to LB IPs that KUBE-FW-h did not accept
+           KUBE-NODEPORTS: ACCEPT healthCheckNodePort
+
+Partial syncs (KEP-3453): with `changed` set, only those services' SVC/SVL/EXT/FW/SEP chains
+are written; KUBE-SERVICES, KUBE-NODEPORTS and the filter chains are always written whole.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+from typing import Iterable
+
+from kplab.proxy.core import MASQ_MARK, Endpoint, ProxyState, ServicePort, categorize_endpoints
+from kplab.proxy.naming import iptables_chain, iptables_sep_chain
+
+LARGE_CLUSTER_ENDPOINTS = 1000  # upstream's largeClusterEndpointsThreshold
+NFACCT_INVALID = "ct_state_invalid_dropped_pkts"
+NFACCT_LOCALHOST_NP = "localhost_nps_accepted_pkts"
+SERVICE_CHAIN_PREFIXES = ("KUBE-SVC-", "KUBE-SVL-", "KUBE-EXT-", "KUBE-FW-", "KUBE-SEP-")
+FILTER_CHAINS = ("KUBE-SERVICES", "KUBE-EXTERNAL-SERVICES", "KUBE-FORWARD", "KUBE-NODEPORTS", "KUBE-PROXY-FIREWALL")
+NAT_CHAINS = ("KUBE-SERVICES", "KUBE-NODEPORTS", "KUBE-POSTROUTING", "KUBE-MARK-MASQ")
+MARK_MASQ = "KUBE-MARK-MASQ"
+NODEPORTS_LAST = '"kubernetes service nodeports; NOTE: this must be the last rule in this chain"'
+
+
+@dataclass
+class RenderOptions:
+    """What upstream learns from the node rather than from the API (all have upstream's defaults)."""
+
+    random_fully: bool = True  # iptables >= 1.6.2 supports MASQUERADE --random-fully
+    nfacct: bool = True  # the nfacct counters could be created (metrics rules)
+    conntrack_liberal: bool = False  # nf_conntrack_tcp_be_liberal=1: no INVALID drop rule
+    local_addresses: tuple[str, ...] | None = None  # node addresses for --nodeport-addresses; None: node IPs + lo
+    changed: set[str] | None = None  # namespaced names to rewrite; None: full sync
+    existing_chains: Iterable[str] = ()  # nat chains now in the kernel: stale ones get deleted
+
+
+@dataclass
+class Ruleset:
+    text: str
+    active_nat_chains: set[str]
+    annotations: dict[str, dict[str, str]] = field(default_factory=dict)  # chain -> service/endpoint/pod
+    large_cluster: bool = False
+    rewritten: int = 0  # service ports whose chains were written
+
+
+def sloppy_ip(text: str) -> str | None:
+    """IPv4 as upstream's ParseIPSloppy reads it ("10.180.00.001" -> "10.180.0.1"); None if not IPv4."""
+    parts = text.strip().split(".")
+    if len(parts) != 4 or not all(p.isdigit() and int(p) < 256 for p in parts):
+        return None
+    return ".".join(str(int(p)) for p in parts)
+
+
+def sloppy_cidr(text: str) -> ipaddress.IPv4Network | None:
+    addr, _, plen = text.strip().partition("/")
+    ip = sloppy_ip(addr)
+    if ip is None or not plen.isdigit() or int(plen) > 32:
+        return None
+    return ipaddress.ip_network(f"{ip}/{int(plen)}", strict=False)
+
+
+def probability(n: int) -> str:
+    """Upstream's computeProbability: 1/n formatted "%0.10f"."""
+    return f"{1.0 / n:0.10f}"
+
+
+class _Lines:
+    """A line buffer; `discard` makes writes vanish (upstream's skipped-chains buffers)."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def add(self, *words: str) -> None:
+        self.lines.append(" ".join(words))
+
+
+class _Discard(_Lines):
+    def add(self, *words: str) -> None:
+        pass
+
+
+@dataclass
+class _NodePortAddresses:
+    match_all: bool
+    cidrs: list[ipaddress.IPv4Network]
+    contains_loopback: bool
+
+
+def _nodeport_addresses(cidrs: Iterable[str]) -> _NodePortAddresses:
+    """Upstream's NewNodePortAddresses for IPv4: no IPv4 CIDR given means match all."""
+    parsed = [c for c in (sloppy_cidr(s) for s in cidrs) if c is not None]
+    if not parsed:
+        parsed = [ipaddress.ip_network("0.0.0.0/0")]
+    loopback = any(ipaddress.ip_address("127.0.0.1") in c for c in parsed)
+    if any(c.prefixlen == 0 for c in parsed):
+        return _NodePortAddresses(True, [ipaddress.ip_network("0.0.0.0/0")], loopback)
+    return _NodePortAddresses(False, parsed, loopback)
+
+
+def build(state: ProxyState, options: RenderOptions | None = None) -> Ruleset:
+    """The restore input for `state`; see the module docstring for the structure."""
+    opt = options or RenderOptions()
+    npa = _nodeport_addresses(state.nodeport_addresses)
+    localhost_nodeports = state.localhost_nodeports and npa.contains_loopback
+    cluster_cidr = sloppy_cidr(state.cluster_cidr) if state.cluster_cidr else None
+    if_local = ["-s", str(cluster_cidr)] if cluster_cidr else []
+    node_ip = ipaddress.ip_address(sloppy_ip(state.node_ips[0]) or "0.0.0.0") if state.node_ips else None
+
+    filter_chains, filter_rules, nat_chains, nat_rules = _Lines(), _Lines(), _Lines(), _Lines()
+    skipped = _Discard()
+    for chain in FILTER_CHAINS:
+        filter_chains.add(f":{chain} - [0:0]")
+    for chain in NAT_CHAINS:
+        nat_chains.add(f":{chain} - [0:0]")
+    mark = f"{MASQ_MARK}/{MASQ_MARK}"
+    nat_rules.add("-A KUBE-POSTROUTING -m mark ! --mark", mark, "-j RETURN")
+    nat_rules.add("-A KUBE-POSTROUTING -j MARK --xor-mark", MASQ_MARK)
+    masq = '-A KUBE-POSTROUTING -m comment --comment "kubernetes service traffic requiring SNAT" -j MASQUERADE'
+    nat_rules.add(masq + (" --random-fully" if opt.random_fully else ""))
+    nat_rules.add("-A KUBE-MARK-MASQ -j MARK --or-mark", MASQ_MARK)
+    if localhost_nodeports:
+        filter_chains.add(":KUBE-FIREWALL - [0:0]")
+        filter_rules.add(
+            '-A KUBE-FIREWALL -m comment --comment "block incoming localnet connections"',
+            "-d 127.0.0.0/8 ! -s 127.0.0.0/8 -m conntrack ! --ctstate RELATED,ESTABLISHED,DNAT -j DROP",
+        )
+
+    services = state.sorted_services()
+    total_endpoints = sum(len(state.endpoints_of(s.name)) for s in services)
+    large = total_endpoints > LARGE_CLUSTER_ENDPOINTS
+    out = Ruleset("", set(), large_cluster=large)
+
+    for svc in services:
+        rewrite = opt.changed is None or svc.name.namespaced_name in opt.changed
+        out.rewritten += rewrite
+        _service(
+            svc,
+            state.endpoints_of(svc.name),
+            state,
+            out,
+            filter_rules,
+            nat_rules,
+            nat_chains if rewrite else skipped,
+            nat_rules if rewrite else skipped,
+            large=large,
+            masquerade_all=state.masquerade_all,
+            if_local=if_local,
+            node_ip=node_ip,
+            localhost_np=localhost_nodeports and opt.nfacct,
+        )
+
+    for chain in sorted(set(opt.existing_chains) - out.active_nat_chains):
+        if chain.startswith(SERVICE_CHAIN_PREFIXES):
+            nat_chains.add(f":{chain} - [0:0]")
+            nat_rules.add("-X", chain)
+
+    if npa.match_all:
+        dest = ["-m addrtype --dst-type LOCAL"] + ([] if localhost_nodeports else ["! -d 127.0.0.0/8"])
+        nat_rules.add("-A KUBE-SERVICES -m comment --comment", NODEPORTS_LAST, *dest, "-j KUBE-NODEPORTS")
+    else:
+        for addr in opt.local_addresses or (*state.node_ips, "127.0.0.1"):
+            ip = sloppy_ip(addr)
+            if ip is None or not any(ipaddress.ip_address(ip) in c for c in npa.cidrs):
+                continue
+            if ip.startswith("127.") and not localhost_nodeports:
+                continue
+            nat_rules.add("-A KUBE-SERVICES -m comment --comment", NODEPORTS_LAST, "-d", ip, "-j KUBE-NODEPORTS")
+
+    if not opt.conntrack_liberal:
+        acct = [f"-m nfacct --nfacct-name {NFACCT_INVALID}"] if opt.nfacct else []
+        filter_rules.add("-A KUBE-FORWARD -m conntrack --ctstate INVALID", *acct, "-j DROP")
+    filter_rules.add('-A KUBE-FORWARD -m comment --comment "kubernetes forwarding rules" -m mark --mark', mark, "-j ACCEPT")
+    filter_rules.add(
+        '-A KUBE-FORWARD -m comment --comment "kubernetes forwarding conntrack rule"',
+        "-m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
+    )
+    parts = ["*filter", *filter_chains.lines, *filter_rules.lines, "COMMIT"]
+    parts += ["*nat", *nat_chains.lines, *nat_rules.lines, "COMMIT", ""]
+    out.text = "\n".join(parts)
+    return out
+
+
+def _service(
+    svc: ServicePort,
+    endpoints: list[Endpoint],
+    state: ProxyState,
+    out: Ruleset,
+    filter_rules: _Lines,
+    top_rules: _Lines,
+    nat_chains: _Lines,
+    nat_rules: _Lines,
+    *,
+    large: bool,
+    masquerade_all: bool,
+    if_local: list[str],
+    node_ip: ipaddress.IPv4Address | ipaddress.IPv6Address | None,
+    localhost_np: bool,
+) -> None:
+    """One service port: top-level rules into filter/top_rules, its own chains into nat_chains/nat_rules."""
+    name = str(svc.name)
+    proto = svc.protocol.lower()
+    cluster_ip = sloppy_ip(svc.cluster_ip)
+    if cluster_ip is None:
+        return
+    cat = categorize_endpoints(endpoints, svc)
+    svc_chain = iptables_chain("KUBE-SVC-", name, proto)
+    svl_chain = iptables_chain("KUBE-SVL-", name, proto)
+    ext_chain = iptables_chain("KUBE-EXT-", name, proto)
+    fw_chain = iptables_chain("KUBE-FW-", name, proto)
+    external_ips = [ip for ip in (sloppy_ip(i) for i in svc.external_ips) if ip]
+    lb_ips = [ip for ip in (sloppy_ip(i) for i in svc.load_balancer_ips) if ip]
+    ranges = [c for c in (sloppy_cidr(r) for r in svc.load_balancer_source_ranges) if c is not None]
+    has_endpoints = cat.has_any
+    uses_cluster_chain = bool(cat.cluster)
+    uses_local_chain = bool(cat.local)
+    internal_chain, has_internal = svc_chain, has_endpoints
+    if svc.internal_policy_local:
+        internal_chain, has_internal = svl_chain, bool(cat.local)
+    external_policy_chain, has_external = svc_chain, has_endpoints
+    if svc.external_policy_local:
+        external_policy_chain, has_external = svl_chain, bool(cat.local)
+    uses_ext_chain = has_endpoints and svc.uses_external
+    uses_fw_chain = has_endpoints and bool(lb_ips) and bool(ranges)
+    lb_chain = fw_chain if uses_fw_chain else ext_chain
+    if not has_endpoints:
+        int_target = ext_target = "REJECT"
+        int_comment = ext_comment = f'"{name} has no endpoints"'
+    else:
+        int_target = ext_target = "DROP"
+        int_comment = ext_comment = f'"{name} has no local endpoints"'
+    port = str(svc.port)
+    match = ["-m", proto, "-p", proto]
+
+    if has_internal:
+        top_rules.add("-A KUBE-SERVICES -m comment --comment", f'"{name} cluster IP"', *match,
+                      "-d", cluster_ip, "--dport", port, "-j", internal_chain)  # fmt: skip
+    else:
+        filter_rules.add("-A KUBE-SERVICES -m comment --comment", int_comment, *match,
+                         "-d", cluster_ip, "--dport", port, "-j", int_target)  # fmt: skip
+    for ip in external_ips:
+        if has_endpoints:
+            top_rules.add("-A KUBE-SERVICES -m comment --comment", f'"{name} external IP"', *match,
+                          "-d", ip, "--dport", port, "-j", ext_chain)  # fmt: skip
+        if not has_external:
+            filter_rules.add("-A KUBE-EXTERNAL-SERVICES -m comment --comment", ext_comment, *match,
+                             "-d", ip, "--dport", port, "-j", ext_target)  # fmt: skip
+    for ip in lb_ips:
+        if has_endpoints:
+            top_rules.add("-A KUBE-SERVICES -m comment --comment", f'"{name} loadbalancer IP"', *match,
+                          "-d", ip, "--dport", port, "-j", lb_chain)  # fmt: skip
+        if uses_fw_chain:
+            filter_rules.add("-A KUBE-PROXY-FIREWALL -m comment --comment",
+                             f'"{name} traffic not accepted by {fw_chain}"', *match,
+                             "-d", ip, "--dport", port, "-j DROP")  # fmt: skip
+    if not has_external:
+        for ip in lb_ips:
+            filter_rules.add("-A KUBE-EXTERNAL-SERVICES -m comment --comment", ext_comment, *match,
+                             "-d", ip, "--dport", port, "-j", ext_target)  # fmt: skip
+    if svc.node_port:
+        node_port = str(svc.node_port)
+        if has_endpoints:
+            if localhost_np:
+                top_rules.add("-A KUBE-NODEPORTS -m comment --comment", name, *match, "-d 127.0.0.0/8",
+                              "--dport", node_port, "-m nfacct --nfacct-name", NFACCT_LOCALHOST_NP,
+                              "-j", ext_chain)  # fmt: skip
+            top_rules.add("-A KUBE-NODEPORTS -m comment --comment", name, *match,
+                          "--dport", node_port, "-j", ext_chain)  # fmt: skip
+        if not has_external:
+            filter_rules.add("-A KUBE-EXTERNAL-SERVICES -m comment --comment", ext_comment,
+                             "-m addrtype --dst-type LOCAL", *match,
+                             "--dport", node_port, "-j", ext_target)  # fmt: skip
+    if svc.health_check_node_port:
+        filter_rules.add("-A KUBE-NODEPORTS -m comment --comment", f'"{name} health check node port"',
+                         "-m tcp -p tcp --dport", str(svc.health_check_node_port), "-j ACCEPT")  # fmt: skip
+
+    # The service's own chains (discarded on a partial sync when it did not change).
+    if has_internal:
+        args = ["-m comment --comment", f'"{name} cluster IP"', *match, "-d", cluster_ip, "--dport", port]
+        if masquerade_all:
+            nat_rules.add("-A", internal_chain, *args, "-j", MARK_MASQ)
+        elif if_local:
+            nat_rules.add("-A", internal_chain, *args, "!", *if_local, "-j", MARK_MASQ)
+    if uses_ext_chain:
+        _declare(nat_chains, out, ext_chain, name)
+        if not svc.external_policy_local:
+            nat_rules.add("-A", ext_chain, "-m comment --comment",
+                          f'"masquerade traffic for {name} external destinations"', "-j", MARK_MASQ)  # fmt: skip
+        else:
+            if if_local:
+                nat_rules.add("-A", ext_chain, "-m comment --comment",
+                              f'"pod traffic for {name} external destinations"', *if_local,
+                              "-j", svc_chain)  # fmt: skip
+            nat_rules.add("-A", ext_chain, "-m comment --comment",
+                          f'"masquerade LOCAL traffic for {name} external destinations"',
+                          "-m addrtype --src-type LOCAL -j", MARK_MASQ)  # fmt: skip
+            nat_rules.add("-A", ext_chain, "-m comment --comment",
+                          f'"route LOCAL traffic for {name} external destinations"',
+                          "-m addrtype --src-type LOCAL -j", svc_chain)  # fmt: skip
+        if has_external:
+            nat_rules.add("-A", ext_chain, "-j", external_policy_chain)
+    if uses_fw_chain:
+        _declare(nat_chains, out, fw_chain, name)
+        head = ["-A", fw_chain, "-m comment --comment", f'"{name} loadbalancer IP"']
+        allow_node = False
+        for cidr in ranges:
+            nat_rules.add(*head, "-s", str(cidr), "-j", ext_chain)
+            allow_node = allow_node or (node_ip is not None and node_ip in cidr)
+        if allow_node:
+            for ip in lb_ips:
+                nat_rules.add(*head, "-s", ip, "-j", ext_chain)
+        nat_rules.add("-A", fw_chain, "-m comment --comment",
+                      f'"other traffic to {name} will be dropped by KUBE-PROXY-FIREWALL"')  # fmt: skip
+    if uses_cluster_chain:
+        _declare(nat_chains, out, svc_chain, name)
+        _dispatch(nat_rules, svc, name, proto, svc_chain, cat.cluster, large)
+    if uses_local_chain:
+        _declare(nat_chains, out, svl_chain, name)
+        _dispatch(nat_rules, svc, name, proto, svl_chain, cat.local, large)
+    comment = [] if large else ["-m comment --comment", name]
+    for ep in cat.all_reachable:
+        sep = iptables_sep_chain(name, proto, ep.address)
+        _declare(nat_chains, out, sep, name, ep)
+        nat_rules.add("-A", sep, *comment, "-s", ep.ip, "-j", MARK_MASQ)
+        recent = ["-m recent --name", sep, "--set"] if svc.session_affinity_seconds else []
+        nat_rules.add("-A", sep, *comment, *recent, *match, "-j DNAT --to-destination", ep.address)
+
+
+def _declare(chains: _Lines, out: Ruleset, chain: str, service: str, ep: Endpoint | None = None) -> None:
+    chains.add(f":{chain} - [0:0]")
+    out.active_nat_chains.add(chain)
+    note = {"service": service}
+    if ep is not None:
+        note["endpoint"] = ep.address
+        if ep.pod_name:
+            note["pod"] = ep.pod_name
+    out.annotations[chain] = note
+
+
+def _dispatch(
+    rules: _Lines, svc: ServicePort, name: str, proto: str, chain: str, endpoints: list[Endpoint], large: bool
+) -> None:
+    """Upstream's writeServiceToEndpointRules: affinity checks first, then the probability cascade."""
+    seps = [(ep, iptables_sep_chain(name, proto, ep.address)) for ep in endpoints]
+    if svc.session_affinity_seconds:
+        for ep, sep in seps:
+            comment = [] if large else ["-m comment --comment", f'"{name} -> {ep.address}"']
+            rules.add("-A", chain, *comment, "-m recent --name", sep, "--rcheck --seconds",
+                      str(svc.session_affinity_seconds), "--reap -j", sep)  # fmt: skip
+    n = len(seps)
+    for i, (ep, sep) in enumerate(seps):
+        comment = [] if large else ["-m comment --comment", f'"{name} -> {ep.address}"']
+        stat = ["-m statistic --mode random --probability", probability(n - i)] if i < n - 1 else []
+        rules.add("-A", chain, *comment, *stat, "-j", sep)
