@@ -1,0 +1,311 @@
+"""Ordinary Kubernetes YAML in, checked objects out.
+
+Documents are kept as plain dicts (what `kubectl get -o yaml` prints), because that is what a
+learner reads and what the state directory stores; `model()` turns one into the `kubernetes`
+client's model (V1Service, V1Pod, V1Deployment, V1EndpointSlice) when code wants typed access.
+
+Two entry points, two contracts:
+* `load()` parses and checks shape only: what `kplab render` needs (objects as given).
+* `Admission.admit()` is the API server's part for `kplab apply`: defaults, allocation of
+  ClusterIPs / NodePorts / LoadBalancer IPs like the API server, and validation. Every error is
+  one line naming file, object and field (ManifestError).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import ipaddress
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import yaml
+
+from kplab.errors import ManifestError
+
+KINDS = {
+    ("v1", "Service"): "V1Service",
+    ("v1", "Pod"): "V1Pod",
+    ("apps/v1", "Deployment"): "V1Deployment",
+    ("discovery.k8s.io/v1", "EndpointSlice"): "V1EndpointSlice",
+}
+NODEPORT_RANGE = (30000, 32767)
+DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+MAX_POD_NAME = 63  # a pod becomes netns kplab-<lab>-<pod>; keep it a DNS label
+
+
+@dataclass
+class Doc:
+    source: str  # file name, or "<inline>"
+    body: dict[str, Any]
+
+    @property
+    def kind(self) -> str:
+        return str(self.body.get("kind", ""))
+
+    @property
+    def key(self) -> str:
+        md = self.body.get("metadata") or {}
+        return f"{md.get('namespace') or 'default'}/{md.get('name', '')}"
+
+    @property
+    def label(self) -> str:
+        return f"{self.kind} {self.key}"
+
+    def error(self, message: str, field: str = "") -> ManifestError:
+        return ManifestError(message, source=self.source, obj=self.label, field=field)
+
+
+def _read(source: str | Path | dict[str, Any]) -> tuple[str, list[Any]]:
+    if isinstance(source, dict):
+        return "<inline>", [source]
+    text = str(source)
+    if isinstance(source, Path) or ("\n" not in text and not text.lstrip().startswith(("{", "apiVersion"))):
+        path = Path(text)
+        if not path.exists():
+            raise ManifestError(f"no such file: {path}")
+        try:
+            return str(path), list(yaml.safe_load_all(path.read_text()))
+        except yaml.YAMLError as e:
+            raise ManifestError(f"not valid YAML: {str(e).splitlines()[0]}", source=str(path)) from None
+    try:
+        return "<inline>", list(yaml.safe_load_all(text))
+    except yaml.YAMLError as e:
+        raise ManifestError(f"not valid YAML: {str(e).splitlines()[0]}", source="<inline>") from None
+
+
+def load(sources: Iterable[str | Path | dict[str, Any]]) -> list[Doc]:
+    """Parse files / YAML text / dicts into Docs of known kinds (Lists are flattened)."""
+    docs: list[Doc] = []
+    for src in sources:
+        name, bodies = _read(src)
+        stack = [b for b in bodies if b is not None]
+        while stack:
+            body = stack.pop(0)
+            if not isinstance(body, dict):
+                raise ManifestError("a document is not a mapping", source=name)
+            if body.get("kind") == "List" or str(body.get("kind", "")).endswith("List"):
+                stack[0:0] = list(body.get("items") or [])
+                continue
+            doc = Doc(name, body)
+            if (body.get("apiVersion"), body.get("kind")) not in KINDS:
+                known = ", ".join(f"{k} ({v})" for v, k in KINDS)
+                raise doc.error(f"unknown kind {body.get('apiVersion')}/{body.get('kind')}: kplab reads {known}")
+            md = body.setdefault("metadata", {})
+            if not md.get("name"):
+                raise doc.error("every object needs a name", "metadata.name")
+            md.setdefault("namespace", "default")
+            model(doc)  # shape check through the kubernetes models
+            docs.append(doc)
+    return docs
+
+
+_api_client = None
+
+
+def model(doc: Doc | dict[str, Any]) -> Any:
+    """The kubernetes client model of a document (V1Service, ...)."""
+    global _api_client
+    from kubernetes.client import ApiClient
+
+    body = doc.body if isinstance(doc, Doc) else doc
+    if _api_client is None:
+        _api_client = ApiClient()
+    try:
+        return _api_client._ApiClient__deserialize(body, KINDS[(body["apiVersion"], body["kind"])])
+    except (ValueError, TypeError) as e:
+        d = doc if isinstance(doc, Doc) else Doc("<inline>", body)
+        raise d.error(str(e).replace("`", "'")) from None
+
+
+def to_dict(obj: Any) -> dict[str, Any]:
+    from kubernetes.client import ApiClient
+
+    return ApiClient().sanitize_for_serialization(obj)  # type: ignore[no-any-return]
+
+
+# ---------------------------------------------------------------------------------------------
+# Admission: what the API server does for `kubectl apply`.
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Network:
+    """The lab's address plan, checked for overlaps once."""
+
+    service_cidr: str = "10.96.0.0/16"
+    cluster_cidr: str = "10.244.0.0/16"
+    node_cidr: str = "172.18.0.0/24"
+    lb_pool: str = "172.18.255.0/24"
+
+    def check(self) -> None:
+        nets = {k: ipaddress.ip_network(v) for k, v in vars(self).items()}
+        names = list(nets)
+        for i, a in enumerate(names):
+            for b in names[i + 1:]:
+                if nets[a].overlaps(nets[b]):
+                    raise ManifestError(f"CIDR overlap: {a} {nets[a]} overlaps {b} {nets[b]}: choose disjoint ranges")
+
+
+def _hash_pick(key: str, size: int, taken: set[int], first: int = 0) -> int:
+    """A stable, spread-out choice like the API server's random one, probing linearly."""
+    start = int(hashlib.sha256(key.encode()).hexdigest(), 16) % size
+    for i in range(size):
+        cand = first + (start + i) % size
+        if cand not in taken:
+            return cand
+    raise ManifestError("the range is exhausted")
+
+
+@dataclass
+class Admission:
+    network: Network
+    services: dict[str, dict[str, Any]] = field(default_factory=dict)  # existing, by ns/name
+
+    def _taken(self, exclude: str) -> tuple[set[str], set[int]]:
+        ips, ports = set(), set()
+        for key, svc in self.services.items():
+            if key == exclude:
+                continue
+            spec = svc.get("spec", {})
+            if spec.get("clusterIP"):
+                ips.add(spec["clusterIP"])
+            for p in spec.get("ports") or []:
+                if p.get("nodePort"):
+                    ports.add(int(p["nodePort"]))
+            if spec.get("healthCheckNodePort"):
+                ports.add(int(spec["healthCheckNodePort"]))
+        return ips, ports
+
+    def admit(self, doc: Doc) -> Doc:
+        """Validate and default one document; Services get their allocations."""
+        body = copy.deepcopy(doc.body)
+        out = Doc(doc.source, body)
+        name = body["metadata"]["name"]
+        if not DNS_LABEL.match(name) or len(name) > MAX_POD_NAME:
+            raise out.error(f"name {name!r} must be a DNS label of at most {MAX_POD_NAME} characters "
+                            "(it names a network namespace)", "metadata.name")
+        if doc.kind == "Service":
+            self._admit_service(out)
+        elif doc.kind in ("Deployment", "Pod"):
+            self._check_pod_template(out)
+        return out
+
+    def _check_pod_template(self, doc: Doc) -> None:
+        spec = doc.body.get("spec") or {}
+        prefix = "spec.template.spec" if doc.kind == "Deployment" else "spec"
+        pod_spec = (spec.get("template") or {}).get("spec") if doc.kind == "Deployment" else spec
+        if doc.kind == "Deployment":
+            sel = ((spec.get("selector") or {}).get("matchLabels")) or {}
+            labels = ((spec.get("template") or {}).get("metadata") or {}).get("labels") or {}
+            if not sel:
+                raise doc.error("a Deployment needs spec.selector.matchLabels", "spec.selector")
+            if any(labels.get(k) != v for k, v in sel.items()):
+                raise doc.error("selector does not match template labels", "spec.template.metadata.labels")
+            replicas = spec.get("replicas", 1)
+            if not isinstance(replicas, int) or not 0 <= replicas <= 200:
+                raise doc.error(f"replicas {replicas!r} must be 0..200 in a lab", "spec.replicas")
+        for ci, c in enumerate((pod_spec or {}).get("containers") or []):
+            for pi, p in enumerate(c.get("ports") or []):
+                port = p.get("containerPort")
+                if not isinstance(port, int) or not 1 <= port <= 65535:
+                    raise doc.error(f"{port!r} is out of range 1-65535",
+                                    f"{prefix}.containers[{ci}].ports[{pi}].containerPort")
+
+    def _admit_service(self, doc: Doc) -> None:
+        body, key = doc.body, doc.key
+        spec = body.setdefault("spec", {})
+        stype = spec.setdefault("type", "ClusterIP")
+        if stype not in ("ClusterIP", "NodePort", "LoadBalancer", "ExternalName"):
+            raise doc.error(f"unknown type {stype!r}", "spec.type")
+        taken_ips, taken_ports = self._taken(key)
+        svc_net = ipaddress.ip_network(self.network.service_cidr)
+        ports = spec.get("ports") or []
+        names = set()
+        for i, p in enumerate(ports):
+            where = f"spec.ports[{i}]"
+            port = p.get("port")
+            if not isinstance(port, int) or not 1 <= port <= 65535:
+                raise doc.error(f"{port!r} is out of range 1-65535", f"{where}.port")
+            p.setdefault("protocol", "TCP")
+            if p["protocol"] not in ("TCP", "UDP", "SCTP"):
+                raise doc.error(f"unknown protocol {p['protocol']!r}", f"{where}.protocol")
+            if len(ports) > 1 and not p.get("name"):
+                raise doc.error("ports must be named when a Service has more than one", f"{where}.name")
+            if p.get("name") in names:
+                raise doc.error(f"duplicate port name {p.get('name')!r}", f"{where}.name")
+            names.add(p.get("name"))
+            tp = p.setdefault("targetPort", port)
+            if isinstance(tp, int) and not 1 <= tp <= 65535:
+                raise doc.error(f"{tp!r} is out of range 1-65535", f"{where}.targetPort")
+        cip = spec.get("clusterIP")
+        if cip and cip != "None":
+            try:
+                addr = ipaddress.ip_address(cip)
+            except ValueError:
+                raise doc.error(f"{cip!r} is not an IP address", "spec.clusterIP") from None
+            if addr not in svc_net:
+                raise doc.error(f"{cip} is outside the service CIDR {svc_net}", "spec.clusterIP")
+            if cip in taken_ips:
+                owner = next(k for k, s in self.services.items() if s["spec"].get("clusterIP") == cip)
+                raise doc.error(f"{cip} is already allocated to Service {owner}", "spec.clusterIP")
+        elif not cip and stype != "ExternalName":
+            taken = {int(ipaddress.ip_address(i)) - int(svc_net.network_address) for i in taken_ips
+                     if ipaddress.ip_address(i) in svc_net}
+            taken |= {0, 1, 10}  # network address, `kubernetes`, `kube-dns` as in a real cluster
+            off = _hash_pick(key, svc_net.num_addresses - 1, taken)
+            spec["clusterIP"] = str(svc_net.network_address + off)
+        if spec.get("clusterIP") and spec["clusterIP"] != "None":
+            spec["clusterIPs"] = [spec["clusterIP"]]
+        lo, hi = NODEPORT_RANGE
+        if stype in ("NodePort", "LoadBalancer"):
+            for i, p in enumerate(ports):
+                np_ = p.get("nodePort")
+                if np_:
+                    if not isinstance(np_, int) or not lo <= np_ <= hi:
+                        raise doc.error(f"{np_!r} is outside the NodePort range {lo}-{hi}", f"spec.ports[{i}].nodePort")
+                    if np_ in taken_ports:
+                        raise doc.error(f"{np_} is already allocated", f"spec.ports[{i}].nodePort")
+                else:
+                    p["nodePort"] = _hash_pick(f"{key}:{p.get('name')}:{p['protocol']}", hi - lo + 1,
+                                               {x - lo for x in taken_ports}) + lo
+                taken_ports.add(p["nodePort"])
+            spec.setdefault("externalTrafficPolicy", "Cluster")
+        else:
+            for i, p in enumerate(ports):
+                if p.get("nodePort"):
+                    raise doc.error("nodePort is only allowed for type NodePort or LoadBalancer",
+                                    f"spec.ports[{i}].nodePort")
+        spec.setdefault("internalTrafficPolicy", "Cluster")
+        spec.setdefault("sessionAffinity", "None")
+        if spec["sessionAffinity"] == "ClientIP":
+            cfg = spec.setdefault("sessionAffinityConfig", {}).setdefault("clientIP", {})
+            t = cfg.setdefault("timeoutSeconds", 10800)
+            if not isinstance(t, int) or not 0 < t <= 86400:
+                raise doc.error(f"{t!r} must be 1..86400", "spec.sessionAffinityConfig.clientIP.timeoutSeconds")
+        for i, ip in enumerate(spec.get("externalIPs") or []):
+            try:
+                ipaddress.ip_address(ip)
+            except ValueError:
+                raise doc.error(f"{ip!r} is not an IP address", f"spec.externalIPs[{i}]") from None
+        for i, cidr in enumerate(spec.get("loadBalancerSourceRanges") or []):
+            try:
+                ipaddress.ip_network(cidr)
+            except ValueError:
+                raise doc.error(f"{cidr!r} is not a CIDR", f"spec.loadBalancerSourceRanges[{i}]") from None
+        if stype == "LoadBalancer":
+            if spec.get("externalTrafficPolicy") == "Local" and not spec.get("healthCheckNodePort"):
+                spec["healthCheckNodePort"] = _hash_pick(f"{key}/hc", hi - lo + 1,
+                                                         {x - lo for x in taken_ports}) + lo
+            ingress = ((body.get("status") or {}).get("loadBalancer") or {}).get("ingress")
+            if not ingress:
+                pool = ipaddress.ip_network(self.network.lb_pool)
+                used = {int(ipaddress.ip_address(i["ip"])) - int(pool.network_address)
+                        for s in self.services.values()
+                        for i in ((s.get("status") or {}).get("loadBalancer") or {}).get("ingress") or []
+                        if i.get("ip") and ipaddress.ip_address(i["ip"]) in pool}
+                off = _hash_pick(key, pool.num_addresses - 2, used | {0}, first=0) or 1
+                body.setdefault("status", {})["loadBalancer"] = {"ingress": [{"ip": str(pool.network_address + off)}]}
+        self.services[key] = body

@@ -1,0 +1,184 @@
+"""Namespaces, links, addresses, routes and sysctls of a lab, over netlink (pyroute2).
+
+Naming scheme (everything a lab creates carries its prefix, and nothing lives in the host's
+root namespace, so removing a lab's namespaces removes every link it made):
+
+    kplab-<lab>-net        the node network: bridge br0 172.18.0.1/24 (routes nothing further)
+    kplab-<lab>-node-<i>   a node: eth0 172.18.0.(10+i) on br0, bridge cni0 = first IP of its pod CIDR
+    kplab-<lab>-<pod>      a pod: eth0 on its node's cni0 (peer veth<hash> in the node, hairpin on)
+    kplab-<lab>-outside    a client off the cluster, on the node network
+
+Sysctls are written through /proc/sys after entering the namespace on the calling thread
+(`entered()`): /proc/sys/net shows the network namespace of the thread that opens it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import hashlib
+import os
+from dataclasses import dataclass, field
+from typing import Iterator
+
+from pyroute2 import IPRoute, netns as pr_netns
+
+from kplab.cluster.run import NETNS_DIR
+from kplab.errors import EnvironmentProblem, LabError
+
+PREFIX = "kplab-"
+CLONE_NEWNET = 0x40000000
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def ns_name(lab: str, name: str) -> str:
+    return f"{PREFIX}{lab}-{name}"
+
+
+def lab_namespaces(lab: str | None = None) -> list[str]:
+    """Named netns of one lab (or of every lab when lab is None), found by prefix only."""
+    prefix = PREFIX + (f"{lab}-" if lab else "")
+    try:
+        names = os.listdir(NETNS_DIR)
+    except FileNotFoundError:
+        return []
+    return sorted(n for n in names if n.startswith(prefix))
+
+
+@contextlib.contextmanager
+def entered(netns: str) -> Iterator[None]:
+    """Run the body with the calling thread inside `netns` (sockets made here stay there)."""
+    own = os.open(f"/proc/thread-self/ns/net", os.O_RDONLY)
+    target = os.open(f"{NETNS_DIR}/{netns}", os.O_RDONLY)
+    try:
+        if _libc.setns(target, CLONE_NEWNET) != 0:
+            raise LabError(f"cannot enter namespace {netns}: {os.strerror(ctypes.get_errno())}")
+        try:
+            yield
+        finally:
+            _libc.setns(own, CLONE_NEWNET)
+    finally:
+        os.close(target)
+        os.close(own)
+
+
+def write_sysctls(netns: str, values: dict[str, str]) -> None:
+    with entered(netns):
+        for key, value in values.items():
+            path = "/proc/sys/" + key.replace(".", "/")
+            try:
+                with open(path, "w") as f:
+                    f.write(value)
+            except FileNotFoundError:
+                raise EnvironmentProblem(
+                    f"sysctl {key} is missing in this kernel"
+                    + (": load br_netfilter (modprobe br_netfilter)" if "bridge" in key else "")
+                ) from None
+
+
+def read_sysctl(netns: str, key: str) -> str:
+    with entered(netns):
+        with open("/proc/sys/" + key.replace(".", "/")) as f:
+            return f.read().strip()
+
+
+@dataclass
+class PodLink:
+    netns: str
+    ip: str  # with prefix length, e.g. 10.244.1.2/24
+    gateway: str
+
+
+@dataclass
+class NodeLink:
+    name: str
+    netns: str
+    ip: str  # 172.18.0.11/24
+    pod_cidr: str  # 10.244.1.0/24
+    bridge_ip: str  # 10.244.1.1/24
+    pods: list[PodLink] = field(default_factory=list)
+
+
+def veth_name(pod_netns: str) -> str:
+    """Node-side name of a pod's veth: 'veth' + 8 hex of its netns name (interface names <= 15)."""
+    return "veth" + hashlib.sha256(pod_netns.encode()).hexdigest()[:8]
+
+
+class Builder:
+    """Creates namespaces and links; remembers what it made, in order, for an all-or-nothing up."""
+
+    def __init__(self, on_create: "callable[[str], None] | None" = None) -> None:  # type: ignore[valid-type]
+        self.created: list[str] = []
+        self._on_create = on_create
+        self._sockets: dict[str, IPRoute] = {}
+
+    def ipr(self, netns: str) -> IPRoute:
+        if netns not in self._sockets:
+            self._sockets[netns] = IPRoute(netns=netns)
+        return self._sockets[netns]
+
+    def close(self) -> None:
+        for s in self._sockets.values():
+            s.close()
+        self._sockets.clear()
+
+    def create_netns(self, name: str) -> None:
+        if os.path.exists(f"{NETNS_DIR}/{name}"):
+            raise LabError(f"namespace {name} exists already: run `kplab down` or `kplab clean` first")
+        if self._on_create:
+            self._on_create(name)  # journal first, so a crash right after still knows it
+        pr_netns.create(name)
+        self.created.append(name)
+        ipr = self.ipr(name)
+        ipr.link("set", index=ipr.link_lookup(ifname="lo")[0], state="up")
+
+    def bridge(self, netns: str, name: str, address: str | None) -> int:
+        ipr = self.ipr(netns)
+        ipr.link("add", ifname=name, kind="bridge")
+        idx = ipr.link_lookup(ifname=name)[0]
+        if address:
+            ip, plen = address.split("/")
+            ipr.addr("add", index=idx, address=ip, prefixlen=int(plen))
+        ipr.link("set", index=idx, state="up")
+        return idx
+
+    def attach(self, bridge_ns: str, bridge_idx: int, port_name: str, inner_ns: str, address: str,
+               gateway: str | None, hairpin: bool = False) -> None:
+        """veth from a bridge in `bridge_ns` to eth0 in `inner_ns`, addressed and routed."""
+        ipr = self.ipr(bridge_ns)
+        ipr.link("add", ifname=port_name, kind="veth", peer={"ifname": "eth0", "net_ns_fd": inner_ns})
+        idx = ipr.link_lookup(ifname=port_name)[0]
+        ipr.link("set", index=idx, master=bridge_idx, state="up")
+        if hairpin:
+            ipr.brport("set", index=idx, mode=1)
+        inner = self.ipr(inner_ns)
+        eth0 = inner.link_lookup(ifname="eth0")[0]
+        ip, plen = address.split("/")
+        inner.addr("add", index=eth0, address=ip, prefixlen=int(plen))
+        inner.link("set", index=eth0, state="up")
+        if gateway:
+            inner.route("add", dst="0.0.0.0/0", gateway=gateway)
+
+    def route(self, netns: str, dst: str, gateway: str) -> None:
+        self.ipr(netns).route("add", dst=dst, gateway=gateway)
+
+    def detach(self, bridge_ns: str, port_name: str) -> None:
+        ipr = self.ipr(bridge_ns)
+        found = ipr.link_lookup(ifname=port_name)
+        if found:
+            ipr.link("del", index=found[0])
+
+
+def remove_netns(name: str) -> None:
+    """Remove one named netns (its links go with it); quiet if it is already gone."""
+    if os.path.exists(f"{NETNS_DIR}/{name}"):
+        pr_netns.remove(name)
+
+
+def check_environment() -> None:
+    """Root and the kernel features the lab stands on; one line saying what to do otherwise."""
+    if os.geteuid() != 0:
+        raise EnvironmentProblem("kplab needs root to create network namespaces: run it with sudo (or as root)")
+    for feature, path in (("network namespaces", "/proc/self/ns/net"),):
+        if not os.path.exists(path):
+            raise EnvironmentProblem(f"this kernel lacks {feature} (CONFIG_NET_NS)")

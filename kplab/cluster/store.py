@@ -1,0 +1,148 @@
+"""A lab's state directory: what it created, its objects, its lock.
+
+    /run/kplab/<lab>/lab.json         name, mode, nodes, options, objects, status
+    /run/kplab/<lab>/netns.journal    every netns, written *before* it is created (crash cleanup)
+    /run/kplab/<lab>/lock             flock: one writer at a time; free lock + status
+                                      "building" = a crashed `up`
+    /run/kplab/<lab>/**/*.pid         every process the lab started (echo agent, proxies)
+    /run/kplab/<lab>/nodes/<node>/<mode>/   a mode's memory between syncs
+
+The directory is the lab's identity: `kplab up` creates it with mkdir (so a second `up` of
+the same name fails at once), `down`/`clean` remove it last.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import re
+import signal
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+from kplab.errors import LabError
+
+STATE_ROOT = Path(os.environ.get("KPLAB_STATE_DIR", "/run/kplab"))
+LAB_NAME = re.compile(r"^[a-z0-9]{1,12}$")
+
+
+def check_lab_name(name: str) -> None:
+    if not LAB_NAME.match(name):
+        raise LabError(f"lab name {name!r} must be 1-12 characters of a-z and 0-9 "
+                       "(it prefixes every namespace the lab creates: kplab-<lab>-<name>)")
+
+
+class Store:
+    def __init__(self, lab: str) -> None:
+        self.lab = lab
+        self.dir = STATE_ROOT / lab
+
+    @property
+    def exists(self) -> bool:
+        return (self.dir / "lab.json").exists() or self.dir.is_dir()
+
+    def create(self) -> None:
+        STATE_ROOT.mkdir(parents=True, exist_ok=True)
+        try:
+            self.dir.mkdir()
+        except FileExistsError:
+            raise LabError(f"lab {self.lab!r} exists already: use it, or `kplab down --lab {self.lab}` first "
+                           f"(`kplab clean --lab {self.lab}` if it crashed)") from None
+
+    @contextlib.contextmanager
+    def locked(self, timeout: float = 60.0) -> Iterator[None]:
+        fd = os.open(self.dir / "lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            start = time.monotonic()
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() - start > timeout:
+                        raise LabError(f"lab {self.lab!r} is busy (another kplab command holds its lock)") from None
+                    time.sleep(0.05)
+            yield
+        finally:
+            os.close(fd)
+
+    def lock_is_free(self) -> bool:
+        try:
+            fd = os.open(self.dir / "lock", os.O_RDWR)
+        except FileNotFoundError:
+            return True
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            return False
+        finally:
+            os.close(fd)
+
+    def load(self) -> dict[str, Any]:
+        try:
+            return json.loads((self.dir / "lab.json").read_text())  # type: ignore[no-any-return]
+        except FileNotFoundError:
+            raise LabError(f"no lab named {self.lab!r}: start one with `kplab up --lab {self.lab}`") from None
+
+    def save(self, data: dict[str, Any]) -> None:
+        tmp = self.dir / "lab.json.tmp"
+        tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
+        os.replace(tmp, self.dir / "lab.json")
+
+    def journal(self, netns: str) -> None:
+        with open(self.dir / "netns.journal", "a") as f:
+            f.write(netns + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    def journaled(self) -> list[str]:
+        try:
+            return [l for l in (self.dir / "netns.journal").read_text().splitlines() if l]
+        except FileNotFoundError:
+            return []
+
+    def node_dir(self, node: str, mode: str) -> Path:
+        d = self.dir / "nodes" / node / mode
+        d.mkdir(parents=True, exist_ok=True)
+        return d
+
+
+def pid_alive_and_ours(pid: int, marker: str) -> bool:
+    """True if `pid` runs and its command line contains `marker` (never kill a stranger)."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return False
+    return marker in cmdline
+
+
+def stop_pid(pid: int, marker: str, wait: float = 3.0) -> None:
+    """SIGTERM, then SIGKILL after `wait` seconds, a process we started (checked by marker)."""
+    if not pid_alive_and_ours(pid, marker):
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    end = time.monotonic() + wait
+    while time.monotonic() < end:
+        if not pid_alive_and_ours(pid, marker):
+            return
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)
+        time.sleep(0.02)
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+
+
+def stop_recorded_processes(root: Path) -> None:
+    """Stop every process recorded as <root>/**/*.pid whose command line mentions kplab."""
+    for pidfile in sorted(root.rglob("*.pid")) if root.is_dir() else []:
+        try:
+            pid = int(pidfile.read_text().split()[0])
+        except (ValueError, IndexError, FileNotFoundError):
+            continue
+        stop_pid(pid, "kplab")
+        pidfile.unlink(missing_ok=True)
