@@ -237,6 +237,14 @@ def service_ports(svc: Any) -> list[ServicePort]:
     return out
 
 
+def _canonical_ip(addr: str) -> str:
+    """IPv4 with leading zeros ("10.180.00.001") read the way upstream's ParseIPSloppy does."""
+    parts = addr.strip().split(".")
+    if len(parts) == 4 and all(p.isdigit() for p in parts):
+        return ".".join(str(int(p)) for p in parts)
+    return addr
+
+
 def slice_endpoints(eps_slice: Any, node_name: str) -> dict[tuple[str, str], list[Endpoint]]:
     """Endpoints of one EndpointSlice keyed by (port name, protocol)."""
     out: dict[tuple[str, str], list[Endpoint]] = {}
@@ -257,7 +265,7 @@ def slice_endpoints(eps_slice: Any, node_name: str) -> dict[tuple[str, str], lis
             for addr in ep.addresses or []:
                 lst.append(
                     Endpoint(
-                        ip=addr,
+                        ip=_canonical_ip(addr),
                         port=int(port.port),
                         node_name=ep_node,
                         is_local=bool(ep_node) and ep_node == node_name,
