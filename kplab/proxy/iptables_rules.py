@@ -21,6 +21,7 @@ are written; KUBE-SERVICES, KUBE-NODEPORTS and the filter chains are always writ
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 from dataclasses import dataclass, field
 from typing import Iterable
@@ -57,6 +58,24 @@ class Ruleset:
     annotations: dict[str, dict[str, str]] = field(default_factory=dict)  # chain -> service/endpoint/pod
     large_cluster: bool = False
     rewritten: int = 0  # service ports whose chains were written
+
+
+def service_digests(state: ProxyState) -> dict[str, str]:
+    """A digest per Service (namespace/name) over its ports' specs and endpoints.
+
+    Upstream rewrites a service's chains when its Service or EndpointSlices changed
+    (UpdatedServices, keyed by namespaced name); comparing these digests between two syncs
+    gives that set.  repr() of the frozen dataclasses is deterministic and ~20x faster than
+    core.fingerprints() (which matters at 10k services).
+    """
+    parts: dict[str, list[str]] = {}
+    for key in sorted(state.services):
+        parts.setdefault(key.namespaced_name, []).append(repr(state.services[key]) + repr(state.endpoints_of(key)))
+    return {k: hashlib.blake2b("".join(v).encode(), digest_size=12).hexdigest() for k, v in parts.items()}
+
+
+def changed_services(previous: dict[str, str], current: dict[str, str]) -> set[str]:
+    return {k for k in current if previous.get(k) != current[k]}
 
 
 def sloppy_ip(text: str) -> str | None:

@@ -27,10 +27,11 @@ DATA = Path(__file__).parent / "data" / "iptables"
 KINDS = {"Service": "V1Service", "EndpointSlice": "V1EndpointSlice"}
 
 
-def load_objects(path: Path) -> tuple[list[Any], list[Any]]:
+def load_objects(path: Path | list[dict[str, Any]]) -> tuple[list[Any], list[Any]]:
     api = ApiClient()
     services, slices = [], []
-    for doc in yaml.safe_load_all(path.read_text()):
+    docs = yaml.safe_load_all(path.read_text()) if isinstance(path, Path) else path
+    for doc in docs:
         if not doc:
             continue
         obj = api.deserialize(json.dumps(doc), KINDS[doc["kind"]], "application/json")
@@ -47,10 +48,11 @@ def upstream_config() -> tuple[dict[str, Any], dict[str, Any]]:
     return state, options
 
 
-def load_state(path: Path, **overrides: Any) -> ProxyState:
+def load_state(path: Path | list[dict[str, Any]], **overrides: Any) -> ProxyState:
     services, slices = load_objects(path)
     config, _ = upstream_config()
     config.update(overrides)
+    config["nodeport_addresses"] = tuple(config.get("nodeport_addresses", ()))
     return build_state(services, slices, **config)
 
 
@@ -152,6 +154,16 @@ def _parse(text: str) -> dict[str, dict[str, list[list[str]]]]:
             words = shlex.split(line)
             tables[current].setdefault(words[1], []).append(words[2:])
     return tables
+
+
+def flow_cases() -> list[tuple[str, dict[str, Any]]]:
+    """(id, case) for every case of every data/iptables/flows/*.yaml file."""
+    out = []
+    for path in sorted((DATA / "flows").glob("*.yaml")):
+        doc = yaml.safe_load(path.read_text())
+        for case in doc.get("cases") or [doc]:
+            out.append((f"{doc['upstream']}/{case.get('name', '')}".rstrip("/"), case))
+    return out
 
 
 def _addr_match(value: str, negated: bool, ip: str) -> bool:

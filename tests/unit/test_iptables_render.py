@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import pytest
 
-from iptables_upstream import DATA, load_state, sort_rules, upstream_config
-from kplab.proxy.iptables_rules import RenderOptions, build, probability
+from iptables_upstream import DATA, Tracer, flow_cases, load_state, sort_rules, upstream_config
+from kplab.proxy.iptables_rules import RenderOptions, build, changed_services, probability, service_digests
 from kplab.proxy.naming import iptables_chain, iptables_sep_chain
 
 
@@ -42,3 +42,42 @@ def test_overall_iptables_rules():
     state = load_state(DATA / "overall" / "manifests.yaml")
     got = render(state).text
     assert sort_rules(got) == (DATA / "overall" / "expected.txt").read_text()
+
+
+def test_sync_proxy_rules_repeated():
+    """TestSyncProxyRulesRepeated: partial syncs (KEP-3453) write only the changed services'
+    chains and delete stale ones; step 9 is the full resync after a failed partial restore."""
+    prev_digests: dict[str, str] = {}
+    chains: set[str] = set()
+    for step in range(1, 10):
+        state = load_state(DATA / "sync_repeated" / f"{step:02d}-manifests.yaml")
+        digests = service_digests(state)
+        full = step in (1, 9)
+        ruleset = render(state, changed=None if full else changed_services(prev_digests, digests),
+                         existing_chains=chains)  # fmt: skip
+        expected = (DATA / "sync_repeated" / f"{step:02d}-expected.txt").read_text()
+        assert sort_rules(ruleset.text) == expected, f"step {step}"
+        prev_digests, chains = digests, ruleset.active_nat_chains
+
+
+def test_bad_ips():
+    """TestBadIPs: leading-zero IPs and CIDRs are rewritten canonically."""
+    state = load_state(DATA / "bad_ips" / "manifests.yaml")
+    assert sort_rules(render(state).text) == (DATA / "bad_ips" / "expected.txt").read_text()
+
+
+TEST_NODE_IPS = ["192.168.0.2", "192.168.1.2", "192.168.99.11"]  # upstream's testNodeIPs (IPv4)
+
+
+@pytest.mark.parametrize("case", [c for _, c in flow_cases()], ids=[i for i, _ in flow_cases()])
+def test_packet_flows(case):
+    """Upstream's packet-flow tests (runPacketFlowTests): trace packets through the rendered
+    rules and compare where they end up (endpoints, DROP, REJECT) and whether they get
+    masqueraded with upstream's expected results."""
+    state = load_state(case["objects"], **case.get("state", {}))
+    text = render(state).text
+    tracer = Tracer(text, TEST_NODE_IPS)
+    for name, src, proto, dst, port, output, masq in case["flows"]:
+        assert tracer.trace(src, proto, dst, port) == (output, masq), name
+    if "firewall" in case:
+        assert ("-A KUBE-FIREWALL " in text) == case["firewall"]
