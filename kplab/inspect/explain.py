@@ -1,0 +1,168 @@
+"""`kplab explain`: a real node's kube-proxy rules, organised by Service.  Pure: no root, no lab.
+
+Give it what a node prints: `iptables-save`, `nft list ruleset` (or kube-proxy's `nft -f`
+transaction) or `ipvsadm -Ln`; the format is detected.  Out comes an `Explanation`: per
+service port, the hashed chains and which `namespace/name:port` they are, the ClusterIP /
+NodePort / external entries, the endpoints with each one's real share of new connections
+(iptables' probability cascade worked out), affinity, traffic policies, and anomalies
+(no endpoints, chains nothing jumps to, uneven weights, SEPs no SVC reaches).
+
+Names come from the rules themselves (comments, nft chain names), checked by recomputing
+upstream's hashes (`kplab.proxy.naming`).  With `services` (the output of `kubectl get
+svc,endpointslices -A -o yaml`) they come from the hashes of the listed Service ports, and
+the dump is compared with the listing (ports without rules, endpoints not in any slice).
+
+    >>> ex = explain(open("/work/shared/real-dumps/helowd-k8s129-flannel-centos7.iptables.txt").read())
+    >>> ex.service("kube-system/kube-dns:dns").endpoints[0].share
+    50.0
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from kplab.errors import KplabError
+from kplab.inspect import explain_iptables, explain_ipvs, explain_nft, iptables_save, nft_text
+from kplab.inspect.views import Explanation
+from kplab.proxy.core import Endpoint, ServicePort, build_state
+from kplab.proxy.naming import iptables_sep_chain, nft_service_base, port_proto_hash
+
+
+class DumpError(KplabError):
+    """A file given to `kplab explain` is not a dump it can read."""
+
+
+@dataclass
+class KnownPort:
+    """One Service port from --services, with the names upstream would give its objects."""
+
+    name: str  # ns/name:port
+    protocol: str  # TCP
+    port: ServicePort
+    endpoints: list[Endpoint]
+
+
+@dataclass
+class Catalog:
+    """Service ports of a cluster, indexed by every name kube-proxy derives from them."""
+
+    ports: list[KnownPort] = field(default_factory=list)
+    by_ipt_hash: dict[str, KnownPort] = field(default_factory=dict)
+    by_sep: dict[str, tuple[KnownPort, Endpoint]] = field(default_factory=dict)
+    by_nft_base: dict[str, KnownPort] = field(default_factory=dict)
+    by_vip: dict[tuple[str, str, int], tuple[KnownPort, str]] = field(default_factory=dict)
+    by_nodeport: dict[tuple[str, int], KnownPort] = field(default_factory=dict)
+
+    def add(self, sp: ServicePort, endpoints: list[Endpoint]) -> None:
+        k = KnownPort(str(sp.name), sp.protocol, sp, endpoints)
+        self.ports.append(k)
+        proto = sp.protocol.lower()
+        self.by_ipt_hash[port_proto_hash(k.name, proto)] = k
+        for ep in endpoints:
+            self.by_sep[iptables_sep_chain(k.name, proto, ep.address)] = (k, ep)
+        base = nft_service_base(sp.name.namespace, sp.name.name, proto, sp.name.port)
+        self.by_nft_base[base] = k
+        self.by_vip[(sp.cluster_ip, sp.protocol, sp.port)] = (k, "ClusterIP")
+        for ip in sp.external_ips:
+            self.by_vip[(ip, sp.protocol, sp.port)] = (k, "ExternalIP")
+        for ip in sp.load_balancer_ips:
+            self.by_vip[(ip, sp.protocol, sp.port)] = (k, "LoadBalancer")
+        if sp.node_port:
+            self.by_nodeport[(sp.protocol, sp.node_port)] = k
+
+    def get(self, name: str, protocol: str) -> KnownPort | None:
+        return next((k for k in self.ports if k.name == name and k.protocol == protocol), None)
+
+
+def load_catalog(source: str | Path) -> Catalog:
+    """Service ports and endpoints from `kubectl get svc,endpointslices -A -o yaml` (a v1 List)."""
+    from kplab.cluster import manifests
+
+    docs = manifests.load(
+        [Path(source)] if not str(source).lstrip().startswith(("{", "apiVersion")) else [str(source)]
+    )
+    services = [manifests.model(d) for d in docs if d.kind == "Service"]
+    slices = [manifests.model(d) for d in docs if d.kind == "EndpointSlice"]
+    if not services:
+        raise DumpError(
+            f"{source}: no Service objects (expected `kubectl get svc,endpointslices -A -o yaml`)"
+        )
+    state = build_state(services, slices, node_name="")
+    cat = Catalog()
+    for spn, sp in sorted(state.services.items()):
+        cat.add(sp, state.endpoints_of(spn))
+    return cat
+
+
+def detect(text: str) -> str:
+    """ "iptables", "nftables" or "ipvs"; DumpError when it is none of them."""
+    if explain_ipvs.looks_like(text):
+        return "ipvs"
+    if nft_text.looks_like(text):
+        if "xt target" in text or "# xt_" in text or "xt match" in text:
+            raise DumpError("this is iptables-nft listed by nft: give `iptables-save` output instead")
+        return "nftables"
+    if iptables_save.looks_like(text):
+        return "iptables"
+    raise DumpError("not an iptables-save, nft list ruleset or ipvsadm -Ln dump")
+
+
+def explain(text: str, catalog: Catalog | None = None, fmt: str | None = None) -> Explanation:
+    """Read one dump (format detected unless `fmt` is given) into an Explanation."""
+    fmt = fmt or detect(text)
+    if fmt == "iptables":
+        ex = explain_iptables.read(iptables_save.parse(text), catalog)
+    elif fmt == "nftables":
+        ex = explain_nft.read(nft_text.parse(text), catalog)
+    elif fmt == "ipvs":
+        ex = explain_ipvs.read(explain_ipvs.parse(text), catalog)
+    else:
+        raise DumpError(f"unknown dump format {fmt!r}: iptables, nftables or ipvs")
+    if catalog:
+        _compare(ex, catalog)
+    elif fmt != "ipvs":
+        checked = sum("hash checked" in s.name_from for s in ex.services)
+        ex.notes.append(
+            f"names from the rules; {checked} of {len(ex.services)} checked against upstream's hashes"
+        )
+    return ex
+
+
+def explain_file(path: str | Path, services: str | Path | None = None) -> Explanation:
+    """`kplab explain DUMP [--services FILE]`: errors are one readable line (KplabError)."""
+    try:
+        text = Path(path).read_text(errors="replace")
+    except OSError as e:
+        raise DumpError(f"cannot read {path}: {e.strerror}") from None
+    catalog = load_catalog(services) if services else None
+    return explain(text, catalog)
+
+
+def _compare(ex: Explanation, catalog: Catalog) -> None:
+    """What the listing says should be there against what the dump holds."""
+    seen = {(s.name, s.protocol) for s in ex.services}
+    for k in catalog.ports:
+        if (k.name, k.protocol) not in seen:
+            ex.anomalies.append(f"{k.name} ({k.protocol}) is in --services but has no rules in this dump")
+    for v in ex.services:
+        known = catalog.get(v.name, v.protocol)
+        if not known:
+            continue
+        by_addr = {e.address: e for e in known.endpoints}
+        for ep in v.endpoints + v.local_endpoints:
+            if ep.address in by_addr:
+                ep.pod = by_addr[ep.address].pod_name
+            elif ep.address != "?":
+                v.anomalies.append(
+                    f"endpoint {ep.address} is in the rules but in no EndpointSlice (stale rules?)"
+                )
+        if v.endpoints and ("svc" in v.chains or ex.format == "ipvs"):
+            have = {e.address for e in v.endpoints}
+            for e in known.endpoints:
+                if e.ready and e.address not in have:
+                    v.anomalies.append(f"ready endpoint {e.address} ({e.pod_name or 'no pod'}) has no rule")
+    ex.notes.append(f"names from --services: {len(catalog.ports)} Service ports listed")
+
+
+__all__ = ["Catalog", "DumpError", "Explanation", "detect", "explain", "explain_file", "load_catalog"]

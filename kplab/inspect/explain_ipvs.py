@@ -1,0 +1,136 @@
+"""Explain `ipvsadm -Ln` output of kube-proxy's IPVS mode.
+
+IPVS carries no names: one Service port is N virtual servers (ClusterIP, each external/LB
+IP, one per node IP for a NodePort), each endpoint a real server.  Without `--services`,
+virtual servers on the same NodePort-range port with the same real servers are grouped as
+one NodePort; every other virtual server stands alone.  With `--services`, virtual servers
+are matched to Service ports by address, protocol and port (ClusterIP, externalIPs, LB
+IPs, NodePort).  Shares follow the scheduler: rr splits evenly among servers of weight > 0,
+weighted schedulers by weight; weight 0 is a draining (terminating) endpoint.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from kplab.inspect.views import EndpointView, Entry, Explanation, ServiceView, uneven
+
+if TYPE_CHECKING:
+    from kplab.inspect.explain import Catalog
+
+NODEPORT_RANGE = range(30000, 32768)
+WEIGHTED = {"wrr", "wlc", "lblc", "lblcr", "sed", "nq", "mh"}
+_VS = re.compile(r"^(TCP|UDP|SCTP)\s+(\S+):(\d+)\s+(\S+)(.*)$")
+_RS = re.compile(r"^->\s+(\S+):(\d+)\s+(\w+)\s+(\d+)\s+(\d+)\s+(\d+)")
+
+
+@dataclass
+class RealServer:
+    address: str  # "10.244.1.6:80"
+    forward: str  # Masq | Route | Tunnel
+    weight: int
+    active: int
+    inactive: int
+
+
+@dataclass
+class VirtualServer:
+    protocol: str
+    ip: str
+    port: int
+    scheduler: str
+    persistent: int = 0  # seconds, 0 = no persistence (affinity)
+    reals: list[RealServer] = field(default_factory=list)
+
+    @property
+    def address(self) -> str:
+        return f"{self.ip}:{self.port}"
+
+
+def parse(text: str) -> list[VirtualServer]:
+    out: list[VirtualServer] = []
+    for raw in text.splitlines():
+        line = raw.strip()
+        m = _VS.match(line)
+        if m:
+            proto, ip, port, sched, flags = m.groups()
+            pm = re.search(r"persistent\s+(\d+)", flags)
+            out.append(VirtualServer(proto, ip.strip("[]"), int(port), sched, int(pm.group(1)) if pm else 0))
+            continue
+        m = _RS.match(line)
+        if m and out and not line.startswith("-> RemoteAddress"):
+            ip, port, fwd, w, act, inact = m.groups()
+            out[-1].reals.append(RealServer(f"{ip}:{port}", fwd, int(w), int(act), int(inact)))
+    return out
+
+
+def looks_like(text: str) -> bool:
+    return "IP Virtual Server" in text or bool(
+        re.search(r"^(TCP|UDP|SCTP)\s+\S+:\d+\s+\w+", text, re.MULTILINE)
+    )
+
+
+def _shares(vs: VirtualServer) -> list[EndpointView]:
+    live = [r for r in vs.reals if r.weight > 0]
+    total = sum(r.weight for r in live) if vs.scheduler in WEIGHTED else len(live)
+    out = []
+    for r in vs.reals:
+        part = 0 if r.weight == 0 else (r.weight if vs.scheduler in WEIGHTED else 1)
+        share = 100.0 * part / total if total else 0.0
+        rule = f"{vs.scheduler} weight {r.weight}" + ("" if r.forward == "Masq" else f", forward {r.forward}")
+        out.append(EndpointView(r.address, "", share, rule, affinity=bool(vs.persistent)))
+    return out
+
+
+def _group_key(vs: VirtualServer, catalog: Catalog | None) -> tuple[str, str, str]:
+    """(key, name, entry kind) for one virtual server."""
+    if catalog:
+        hit = catalog.by_vip.get((vs.ip, vs.protocol, vs.port))
+        if hit:
+            return f"{hit[0].name}/{vs.protocol}", hit[0].name, hit[1]
+        known = catalog.by_nodeport.get((vs.protocol, vs.port))
+        if known:
+            return f"{known.name}/{vs.protocol}", known.name, "NodePort"
+    if vs.port in NODEPORT_RANGE:
+        reals = ",".join(sorted(r.address for r in vs.reals))
+        return f"{vs.protocol} *:{vs.port} [{reals}]", "", "NodePort"
+    return f"{vs.protocol} {vs.address}", "", "virtual server"
+
+
+def read(servers: list[VirtualServer], catalog: Catalog | None = None) -> Explanation:
+    ex = Explanation("ipvs")
+    views: dict[str, ServiceView] = {}
+    for vs in servers:
+        key, name, kind = _group_key(vs, catalog)
+        v = views.get(key)
+        if v is None:
+            v = views[key] = ServiceView(key=key, name=name, protocol=vs.protocol)
+            v.name_from = "--services (address and port)" if name else ""
+            v.endpoints = _shares(vs)
+            v.affinity_seconds = vs.persistent
+        note = f"{vs.scheduler}" + (f" persistent {vs.persistent}" if vs.persistent else "")
+        v.entries.append(Entry(kind, vs.address, "", note))
+        if sorted(r.address for r in vs.reals) != sorted(e.address for e in v.endpoints):
+            v.anomalies.append(
+                f"virtual server {vs.address} has other real servers than {v.entries[0].address}"
+            )
+        if not vs.reals:
+            v.anomalies.append(
+                f"{vs.address} has no real servers: new connections get no answer (IPVS has no REJECT)"
+            )
+        for r in vs.reals:
+            if r.weight == 0 and not any(f"{r.address} has weight 0" in a for a in v.anomalies):
+                v.anomalies.append(
+                    f"{r.address} has weight 0: draining (terminating), gets no new connections"
+                )
+    for v in views.values():
+        if any(e.kind == "NodePort" for e in v.entries):
+            v.external_policy = "Cluster"
+        if msg := uneven([e for e in v.endpoints if e.share > 0]):
+            v.anomalies.append(msg)
+    ex.services = list(views.values())
+    if not catalog:
+        ex.notes.append("IPVS output names no Services: pass --services to name them")
+    return ex
