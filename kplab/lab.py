@@ -14,7 +14,6 @@ import ipaddress
 import json
 import os
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -417,11 +416,9 @@ class Lab:
 
     def _start_echo(self) -> None:
         gen = self._write_echo_spec()
-        log = open(self.store.dir / "echo.log", "a")
-        proc = subprocess.Popen([sys.executable, "-m", ECHO_MARKER, str(self.store.dir)], stdin=subprocess.DEVNULL,
-                                stdout=log, stderr=log, start_new_session=True, close_fds=True)
-        (self.store.dir / "echo.pid").write_text(str(proc.pid))
-        self.data["pids"]["echo"] = proc.pid
+        pid = spawn_detached([sys.executable, "-m", ECHO_MARKER, str(self.store.dir)], self.store.dir / "echo.log")
+        (self.store.dir / "echo.pid").write_text(str(pid))
+        self.data["pids"]["echo"] = pid
         self._wait_echo(gen)
 
     def _update_echo(self) -> None:
@@ -466,6 +463,19 @@ class Lab:
         ip, port, default_proto = self.resolve(target)
         return curl(self.netns(frm), ip, port, proto or default_proto, n=n, timeout=timeout, target=target)
 
+    def warnings(self) -> list[str]:
+        """Services whose selector matches no pod: allowed, but they will have no endpoints."""
+        data = self.data or self._load()
+        out = []
+        for key, svc in sorted(data["objects"].get("Service", {}).items()):
+            sel = (svc.get("spec") or {}).get("selector") or {}
+            ns, name = key.split("/", 1)
+            if sel and not any(controller._matches(sel, (p["metadata"].get("labels") or {}))
+                               and p["metadata"]["namespace"] == ns for p in data["objects"].get("Pod", {}).values()):
+                labels = ",".join(f"{k}={v}" for k, v in sel.items())
+                out.append(f"service/{name}: selector {labels} matches no pod, so the Service has no endpoints")
+        return out
+
     def status(self) -> dict[str, Any]:
         data = self._load()
         return {"name": self.name, "mode": data["mode"], "nodes": {n: self.node_ip(n) for n in data["nodes"]},
@@ -496,6 +506,16 @@ class _Mutation:
                 self.lab.store.save(self.lab.data)
         finally:
             self._cm.__exit__(et, ev, tb)
+
+
+def spawn_detached(argv: list[str], log: Path) -> int:
+    """Start a lab process in its own session, output to `log`; the caller records its pid."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND
+    return os.posix_spawn(argv[0], argv, dict(os.environ), setsid=True, file_actions=[
+        (os.POSIX_SPAWN_OPEN, 0, "/dev/null", os.O_RDONLY, 0),
+        (os.POSIX_SPAWN_OPEN, 1, str(log), flags, 0o644),
+        (os.POSIX_SPAWN_DUP2, 1, 2),
+    ])
 
 
 def manifests_network(options: dict[str, Any]) -> manifests.Network:

@@ -29,6 +29,8 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one place that lists the
         opts = {"scheduler": scheduler} if scheduler else {}
         lab = Lab.up(current_lab(), mode=mode, manifests=files or None, nodes=nodes, **opts)
         st = lab.status()
+        for w in lab.warnings():
+            typer.echo(f"warning: {w}", err=True)
         typer.echo(f"lab {st['name']!r} is up: {len(st['nodes'])} nodes, {st['pods']} pods, "
                    f"{st['services']} services, mode {st['mode']}")
         typer.echo(f"  try: kplab curl client web -n 30    kplab rules node-1    ip netns list | grep kplab-{st['name']}")
@@ -63,8 +65,11 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one place that lists the
     @app.command()
     def apply(files: list[Path] = typer.Option(..., "-f", "--filename")) -> None:
         """Create or update objects from manifests; every node is reprogrammed."""
-        for name in attach().apply(*files):
+        lab = attach()
+        for name in lab.apply(*files):
             typer.echo(f"{name} configured")
+        for w in lab.warnings():
+            typer.echo(f"warning: {w}", err=True)
 
     @app.command()
     def delete(files: list[Path] = typer.Option(..., "-f", "--filename")) -> None:

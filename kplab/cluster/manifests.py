@@ -58,6 +58,12 @@ class Doc:
         return ManifestError(message, source=self.source, obj=self.label, field=field)
 
 
+def _yaml_problem(e: yaml.YAMLError) -> str:
+    mark = getattr(e, "problem_mark", None)
+    where = f" at line {mark.line + 1}" if mark is not None else ""
+    return f"not valid YAML{where}: {getattr(e, 'problem', None) or str(e).splitlines()[0]}"
+
+
 def _read(source: str | Path | dict[str, Any]) -> tuple[str, list[Any]]:
     if isinstance(source, dict):
         return "<inline>", [source]
@@ -69,11 +75,11 @@ def _read(source: str | Path | dict[str, Any]) -> tuple[str, list[Any]]:
         try:
             return str(path), list(yaml.safe_load_all(path.read_text()))
         except yaml.YAMLError as e:
-            raise ManifestError(f"not valid YAML: {str(e).splitlines()[0]}", source=str(path)) from None
+            raise ManifestError(_yaml_problem(e), source=str(path)) from None
     try:
         return "<inline>", list(yaml.safe_load_all(text))
     except yaml.YAMLError as e:
-        raise ManifestError(f"not valid YAML: {str(e).splitlines()[0]}", source="<inline>") from None
+        raise ManifestError(_yaml_problem(e), source="<inline>") from None
 
 
 def load(sources: Iterable[str | Path | dict[str, Any]]) -> list[Doc]:

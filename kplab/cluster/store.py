@@ -120,21 +120,26 @@ def pid_alive_and_ours(pid: int, marker: str) -> bool:
     return marker in cmdline
 
 
+def _reap(pid: int) -> None:
+    """Collect our own exited child, so no zombie is left in a long-lived process (a notebook)."""
+    with contextlib.suppress(ChildProcessError, OSError):
+        os.waitpid(pid, os.WNOHANG)
+
+
 def stop_pid(pid: int, marker: str, wait: float = 3.0) -> None:
     """SIGTERM, then SIGKILL after `wait` seconds, a process we started (checked by marker)."""
-    if not pid_alive_and_ours(pid, marker):
-        return
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGTERM)
-    end = time.monotonic() + wait
-    while time.monotonic() < end:
-        if not pid_alive_and_ours(pid, marker):
-            return
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(pid, os.WNOHANG)
-        time.sleep(0.02)
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGKILL)
+    if pid_alive_and_ours(pid, marker):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+        end = time.monotonic() + wait
+        while time.monotonic() < end and pid_alive_and_ours(pid, marker):
+            _reap(pid)
+            time.sleep(0.01)
+        if pid_alive_and_ours(pid, marker):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            time.sleep(0.05)
+    _reap(pid)
 
 
 def stop_recorded_processes(root: Path) -> None:

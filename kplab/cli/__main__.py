@@ -1,0 +1,5 @@
+import sys
+
+from kplab.cli import main
+
+sys.exit(main())
