@@ -11,7 +11,8 @@ Importing this package registers the `netns://` testinfra backend.
 from __future__ import annotations
 
 from kplab.grading import netns as _netns  # noqa: F401  (registers netns://)
+from kplab.grading.course import reset, start
 from kplab.grading.inline import Checked, check
 from kplab.grading.runner import CheckResult, list_checks, run_checks
 
-__all__ = ["CheckResult", "Checked", "check", "list_checks", "run_checks"]
+__all__ = ["CheckResult", "Checked", "check", "list_checks", "reset", "run_checks", "start"]

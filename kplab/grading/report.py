@@ -204,11 +204,13 @@ def gradebook(reports: list[Report]) -> str:
     return out.getvalue()
 
 
-def collect(directory: Path) -> tuple[str, int]:
-    """The gradebook of every report in `directory` (recursively), and how many reports were read."""
+def collect(directory: Path, exclude: Path | None = None) -> tuple[str, int]:
+    """The gradebook of every report in `directory` (recursively; not `exclude`), and how many were read."""
     if not directory.is_dir():
         raise CheckError(f"{directory} is not a directory of reports")
-    paths = sorted(p for p in directory.rglob("*") if p.suffix.lower() in (".json", ".xml", ".csv"))
+    skip = exclude.resolve() if exclude else None
+    paths = sorted(p for p in directory.rglob("*")
+                   if p.suffix.lower() in (".json", ".xml", ".csv") and p.resolve() != skip)
     if not paths:
         raise CheckError(f"no reports (.json, .xml, .csv) in {directory}")
     reports = [load(p) for p in paths]

@@ -1,7 +1,8 @@
 """The check runner: graded checks are pytest tests, run programmatically against the current lab.
 
 A check is a test function in `checks/<notebook>/test_*.py`; its id is `<notebook>/<name>`, the
-function `test_affinity` in `checks/03-iptables/` being `03-iptables/affinity`.  Its docstring is
+function `test_affinity` in `checks/03-iptables/` being `03-iptables/affinity` (underscores
+in the name become dashes).  Its docstring is
 the learner-facing text, by convention:
 
     def test_affinity(lab):
@@ -65,7 +66,8 @@ def checks_dir() -> Path:
 
 
 def check_id(item: pytest.Item) -> str:
-    name = getattr(item, "originalname", item.name).removeprefix("test_")
+    """`checks/03-iptables/test_x.py::test_walk_the_chains` -> `03-iptables/walk-the-chains`."""
+    name = getattr(item, "originalname", item.name).removeprefix("test_").replace("_", "-")
     return f"{item.path.parent.name}/{name}"
 
 

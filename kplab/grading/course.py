@@ -1,0 +1,123 @@
+"""Where each notebook starts, and how to put the lab back there.
+
+`labs/manifest.yaml` declares, per notebook, its starting state: the kube-proxy mode, the
+manifests (paths relative to `labs/`, `default` being the lab's default app) and the node
+count.  `reset(notebook)` rebuilds the lab exactly so (down, then up with that state): rules a
+learner deleted, sysctls they changed and conntrack entries all go, and the notebooks on disk
+are never touched.  A notebook's first cell calls `start("03-iptables")`, which is the same thing
+seen from a kernel; re-running it is how a learner starts over.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar, cast
+
+import yaml
+
+from kplab.errors import CheckError, KplabError
+from kplab.grading.netns import current_lab
+from kplab.grading.runner import REPO
+from kplab.lab import Lab, default_manifest
+
+LABS = REPO / "labs"
+FIRST = "00-welcome"
+T = TypeVar("T")
+_worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kplab-lab")
+
+
+@dataclass
+class Start:
+    notebook: str
+    mode: str = "iptables"
+    manifests: list[str] = field(default_factory=lambda: ["default"])
+    nodes: int = 2
+
+    def sources(self) -> list[str | Path]:
+        return [default_manifest() if m == "default" else LABS / m for m in self.manifests]
+
+
+def starts(path: Path | None = None) -> dict[str, Start]:
+    """Every notebook's starting state, from labs/manifest.yaml."""
+    path = path or LABS / "manifest.yaml"
+    try:
+        doc = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as e:
+        raise CheckError(f"{path}: cannot read the notebooks' starting states: {e}") from None
+    out = {}
+    for name, spec in (doc.get("notebooks") or {}).items():
+        unknown = set(spec or {}) - {"mode", "manifests", "nodes"}
+        if unknown:
+            raise CheckError(f"{path}: {name}: unknown field(s) {', '.join(sorted(unknown))}")
+        out[name] = Start(name, **(spec or {}))
+    return out
+
+
+def start_of(notebook: str) -> Start:
+    """`03` or `03-iptables` -> that notebook's Start."""
+    all_starts = starts()
+    for name, start in all_starts.items():
+        if notebook in (name, name.split("-", 1)[0]):
+            return start
+    raise CheckError(f"no notebook {notebook!r} in labs/manifest.yaml: choose one of {', '.join(all_starts)}")
+
+
+def _marker(lab: str) -> Path:
+    return Lab(lab).store.dir / "course.json"
+
+
+def last_notebook(lab: str) -> str:
+    try:
+        return str(json.loads(_marker(lab).read_text())["notebook"])
+    except (OSError, ValueError, KeyError):
+        return FIRST
+
+
+def off_loop(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """Call fn on a worker thread when this thread runs an asyncio loop (a Jupyter kernel does):
+    pyroute2's synchronous API cannot run inside a running loop."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return fn(*args, **kwargs)
+    return _worker.submit(fn, *args, **kwargs).result()
+
+
+class KernelLab:
+    """A Lab handle for notebooks: its methods run through `off_loop`, attributes read as they are."""
+
+    def __init__(self, lab: Lab) -> None:
+        self._lab = lab
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._lab, name)
+        if not callable(attr):
+            return attr
+        return lambda *a, **kw: off_loop(attr, *a, **kw)
+
+    def __repr__(self) -> str:
+        return f"<kplab lab {self._lab.name!r}>"
+
+
+def reset(notebook: str | None = None, lab: str | None = None) -> Lab:
+    """Rebuild `lab` in `notebook`'s starting state (default: the notebook last reset to)."""
+    name = lab or current_lab()
+    start = start_of(notebook or last_notebook(name))
+    sources = start.sources()
+    try:
+        off_loop(Lab(name).down)
+    except KplabError:
+        pass  # not up: nothing to take down
+    built = off_loop(Lab.up, name, mode=start.mode, manifests=sources, nodes=start.nodes)
+    _marker(name).write_text(json.dumps({"notebook": start.notebook}))
+    return built
+
+
+def start(notebook: str, lab: str | None = None) -> Lab:
+    """A notebook's first cell: the lab in this notebook's starting state, as a Lab handle."""
+    return cast(Lab, KernelLab(reset(notebook, lab)))
