@@ -7,7 +7,8 @@ nodes, and short enough for the kernel's limits:
   characters of sha256(servicePortName + protocol) (`portProtoHash` in upstream's
   pkg/proxy/iptables/proxier.go).  Example: "ns4/svc4:p80" + "tcp" -> 4SW47YFZTEDKD3PK.
 * nftables allows 256 characters, so names keep the readable part after 8 hash characters
-  (`hashAndTruncate` in pkg/proxy/nftables/proxier.go, capped at 240 characters).
+  (`hashAndTruncate` in pkg/proxy/nftables/proxier.go, capped at 240 characters, the cut
+  marked with "...").
   Example: "ns1/svc1/tcp/p80" -> "ULMVA6XW-ns1/svc1/tcp/p80".
 """
 
@@ -58,7 +59,8 @@ def hash_and_truncate(name: str) -> str:
     >>> hash_and_truncate("ns1/svc1/tcp/p80")
     'ULMVA6XW-ns1/svc1/tcp/p80'
     """
-    return (_b32sha256(name)[:NFT_HASH_LEN] + "-" + name)[:NFT_NAME_MAX]
+    hashed = _b32sha256(name)[:NFT_HASH_LEN] + "-" + name
+    return hashed if len(hashed) <= NFT_NAME_MAX else hashed[: NFT_NAME_MAX - 3] + "..."
 
 
 def nft_service_base(namespace: str, name: str, protocol: str, port_name: str) -> str:
