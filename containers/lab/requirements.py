@@ -1,0 +1,12 @@
+"""Print kplab's runtime requirements (dependencies + the `lab` extra) from pyproject.toml, one a line.
+
+The image installs these in a layer of their own, before kplab's source is copied, so editing the
+source does not reinstall JupyterLab; `make wheelhouse` downloads the same list for offline builds.
+"""
+
+import sys
+import tomllib
+
+with open(sys.argv[1] if len(sys.argv) > 1 else "pyproject.toml", "rb") as f:
+    project = tomllib.load(f)["project"]
+print("\n".join([*project["dependencies"], *project["optional-dependencies"]["lab"], "setuptools>=68"]))
