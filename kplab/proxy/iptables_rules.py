@@ -121,7 +121,7 @@ class _NodePortAddresses:
     contains_loopback: bool
 
 
-def _nodeport_addresses(cidrs: Iterable[str]) -> _NodePortAddresses:
+def nodeport_addresses(cidrs: Iterable[str]) -> _NodePortAddresses:
     """Upstream's NewNodePortAddresses for IPv4: no IPv4 CIDR given means match all."""
     parsed = [c for c in (sloppy_cidr(s) for s in cidrs) if c is not None]
     if not parsed:
@@ -135,7 +135,7 @@ def _nodeport_addresses(cidrs: Iterable[str]) -> _NodePortAddresses:
 def build(state: ProxyState, options: RenderOptions | None = None) -> Ruleset:
     """The restore input for `state`; see the module docstring for the structure."""
     opt = options or RenderOptions()
-    npa = _nodeport_addresses(state.nodeport_addresses)
+    npa = nodeport_addresses(state.nodeport_addresses)
     localhost_nodeports = state.localhost_nodeports and npa.contains_loopback
     cluster_cidr = sloppy_cidr(state.cluster_cidr) if state.cluster_cidr else None
     if_local = ["-s", str(cluster_cidr)] if cluster_cidr else []
