@@ -10,6 +10,11 @@ root namespace, so removing a lab's namespaces removes every link it made):
 
 Sysctls are written through /proc/sys after entering the namespace on the calling thread
 (`entered()`): /proc/sys/net shows the network namespace of the thread that opens it.
+
+Speed: pyroute2's `netns.create()` and `IPRoute(netns=...)` fork a helper process each time.
+A thread may unshare its own network namespace, and a socket keeps the namespace it was made
+in, so kplab creates namespaces (unshare + bind mount, as iproute2 does) and opens netlink
+sockets in them on the calling thread: ~1 ms per pod instead of ~50 ms.
 """
 
 from __future__ import annotations
@@ -21,14 +26,60 @@ import os
 from dataclasses import dataclass, field
 from typing import Iterator
 
-from pyroute2 import IPRoute, netns as pr_netns
+from pyroute2 import IPRoute
 
 from kplab.cluster.run import NETNS_DIR
 from kplab.errors import EnvironmentProblem, LabError
 
 PREFIX = "kplab-"
 CLONE_NEWNET = 0x40000000
+MS_BIND, MS_REC, MS_SHARED, MNT_DETACH = 4096, 16384, 1 << 20, 2
 _libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _prepare_netns_dir() -> None:
+    """Make /run/netns a shared bind mount, as `ip netns add` does, so mounts propagate."""
+    os.makedirs(NETNS_DIR, exist_ok=True)
+    d = NETNS_DIR.encode()
+    if _libc.mount(b"", d, b"none", MS_SHARED | MS_REC, None) != 0:
+        if _libc.mount(d, d, b"none", MS_BIND | MS_REC, None) != 0 or \
+                _libc.mount(b"", d, b"none", MS_SHARED | MS_REC, None) != 0:
+            raise LabError(f"cannot prepare {NETNS_DIR}: {os.strerror(ctypes.get_errno())}")
+
+
+def create_named_netns(name: str) -> IPRoute:
+    """Create netns `name` (visible to `ip netns`) and return a netlink socket inside it."""
+    path = f"{NETNS_DIR}/{name}"
+    try:
+        os.close(os.open(path, os.O_RDONLY | os.O_CREAT | os.O_EXCL, 0))
+    except FileNotFoundError:
+        _prepare_netns_dir()
+        os.close(os.open(path, os.O_RDONLY | os.O_CREAT | os.O_EXCL, 0))
+    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+    try:
+        if _libc.unshare(CLONE_NEWNET) != 0:
+            os.unlink(path)
+            raise LabError(f"cannot create namespace {name}: {os.strerror(ctypes.get_errno())}")
+        try:
+            if _libc.mount(b"/proc/thread-self/ns/net", path.encode(), b"none", MS_BIND, None) != 0:
+                err = ctypes.get_errno()
+                os.unlink(path)
+                raise LabError(f"cannot bind namespace {name}: {os.strerror(err)}")
+            ipr = IPRoute()
+            ipr.link("set", index=ipr.link_lookup(ifname="lo")[0], state="up")
+            return ipr
+        finally:
+            _libc.setns(own, CLONE_NEWNET)
+    finally:
+        os.close(own)
+
+
+def open_ipr(netns: str) -> IPRoute:
+    """A netlink socket inside an existing named netns, made on this thread (no fork)."""
+    with entered(netns):
+        ipr = IPRoute()
+        ipr.link_lookup(ifname="lo")
+        return ipr
 
 
 def ns_name(lab: str, name: str) -> str:
@@ -114,7 +165,7 @@ class Builder:
 
     def ipr(self, netns: str) -> IPRoute:
         if netns not in self._sockets:
-            self._sockets[netns] = IPRoute(netns=netns)
+            self._sockets[netns] = open_ipr(netns)
         return self._sockets[netns]
 
     def close(self) -> None:
@@ -127,10 +178,8 @@ class Builder:
             raise LabError(f"namespace {name} exists already: run `kplab down` or `kplab clean` first")
         if self._on_create:
             self._on_create(name)  # journal first, so a crash right after still knows it
-        pr_netns.create(name)
+        self._sockets[name] = create_named_netns(name)
         self.created.append(name)
-        ipr = self.ipr(name)
-        ipr.link("set", index=ipr.link_lookup(ifname="lo")[0], state="up")
 
     def bridge(self, netns: str, name: str, address: str | None) -> int:
         ipr = self.ipr(netns)
@@ -171,8 +220,11 @@ class Builder:
 
 def remove_netns(name: str) -> None:
     """Remove one named netns (its links go with it); quiet if it is already gone."""
-    if os.path.exists(f"{NETNS_DIR}/{name}"):
-        pr_netns.remove(name)
+    path = f"{NETNS_DIR}/{name}"
+    if os.path.exists(path):
+        _libc.umount2(path.encode(), MNT_DETACH)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
 
 
 def check_environment() -> None:
