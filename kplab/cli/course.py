@@ -72,8 +72,11 @@ def register(app: typer.Typer) -> None:
             return
         results = run_checks(selection, lab=current_lab())
         typer.echo(json.dumps([r.to_dict() for r in results], indent=2) if output == "json" else _table(results))
-        if not all(r.passed for r in results):
-            raise typer.Exit(1)
+        failing = [r for r in results if not r.passed]
+        if failing:
+            from kplab.errors import CheckError
+
+            raise CheckError(f"{len(failing)} of {len(results)} checks did not pass")
 
     grade_app = typer.Typer(help="Grade: every check, as a report (learner, check, pass/fail, time).")
     app.add_typer(grade_app, name="grade")
