@@ -283,10 +283,6 @@ class Relay:
         self.loop, self.pipes, self.socks, self.on_close, self.closed = loop, pipes, (a, b), on_close, False
         self.pumps = (Pump(self, a, b), Pump(self, b, a))
 
-    def pump_done(self) -> None:
-        if all(p.done for p in self.pumps):
-            self.close()
-
     def close(self) -> None:
         if self.closed:
             return
@@ -322,12 +318,14 @@ class Pump:
             return
         if n == 0:  # EOF from src: pass the half-close on
             self.loop.remove_reader(self.src)
+            self.done = True
+            if all(p.done for p in self.relay.pumps):
+                self.relay.close()  # the last direction: close() sends the FIN, no shutdown needed
+                return
             try:
                 self.dst_sock.shutdown(socket.SHUT_WR)
             except OSError:
                 pass
-            self.done = True
-            self.relay.pump_done()
             return
         self.pending = n
         self.flush()
