@@ -51,7 +51,7 @@ TCP_LIBERAL = "net.netfilter.nf_conntrack_tcp_be_liberal"
 
 
 def detect_backend(override: str | None = None) -> str:
-    """"nf_tables" or "legacy": what `iptables --version` reports, unless overridden."""
+    """Which backend: "nf_tables" or "legacy", as `iptables --version` reports, unless overridden."""
     if override:
         return {"nft": "nf_tables", "nf_tables": "nf_tables", "legacy": "legacy"}[override]
     out = run(["iptables", "--version"]).stdout
@@ -146,7 +146,9 @@ class IptablesProxier(Proxier):
         result.seconds = time.monotonic() - start
         return result
 
-    def _sync(self, state: ProxyState, data: dict[str, Any], tools: tuple[str, str, str], full: bool) -> SyncResult:
+    def _sync(
+        self, state: ProxyState, data: dict[str, Any], tools: tuple[str, str, str], full: bool
+    ) -> SyncResult:
         existing: set[str]
         current: saved.Tables = {}
         if full:
@@ -218,7 +220,9 @@ class IptablesProxier(Proxier):
     def doctor(cls) -> Availability:
         missing = [t for t in ("iptables", "iptables-save", "iptables-restore") if not _has(t)]
         if missing:
-            return Availability("iptables", False, f"missing: {', '.join(missing)}", fix="apt-get install iptables")
+            return Availability(
+                "iptables", False, f"missing: {', '.join(missing)}", fix="apt-get install iptables"
+            )
         try:
             version = run(["iptables", "--version"]).stdout.strip()
         except (EnvironmentProblem, ProxierError) as e:

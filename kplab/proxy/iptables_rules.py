@@ -23,8 +23,8 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Iterable
 
 from kplab.proxy.core import MASQ_MARK, Endpoint, ProxyState, ServicePort, categorize_endpoints
 from kplab.proxy.naming import iptables_chain, iptables_sep_chain
@@ -33,7 +33,13 @@ LARGE_CLUSTER_ENDPOINTS = 1000  # upstream's largeClusterEndpointsThreshold
 NFACCT_INVALID = "ct_state_invalid_dropped_pkts"
 NFACCT_LOCALHOST_NP = "localhost_nps_accepted_pkts"
 SERVICE_CHAIN_PREFIXES = ("KUBE-SVC-", "KUBE-SVL-", "KUBE-EXT-", "KUBE-FW-", "KUBE-SEP-")
-FILTER_CHAINS = ("KUBE-SERVICES", "KUBE-EXTERNAL-SERVICES", "KUBE-FORWARD", "KUBE-NODEPORTS", "KUBE-PROXY-FIREWALL")
+FILTER_CHAINS = (
+    "KUBE-SERVICES",
+    "KUBE-EXTERNAL-SERVICES",
+    "KUBE-FORWARD",
+    "KUBE-NODEPORTS",
+    "KUBE-PROXY-FIREWALL",
+)
 NAT_CHAINS = ("KUBE-SERVICES", "KUBE-NODEPORTS", "KUBE-POSTROUTING", "KUBE-MARK-MASQ")
 MARK_MASQ = "KUBE-MARK-MASQ"
 NODEPORTS_LAST = '"kubernetes service nodeports; NOTE: this must be the last rule in this chain"'
@@ -46,7 +52,9 @@ class RenderOptions:
     random_fully: bool = True  # iptables >= 1.6.2 supports MASQUERADE --random-fully
     nfacct: bool = True  # the nfacct counters could be created (metrics rules)
     conntrack_liberal: bool = False  # nf_conntrack_tcp_be_liberal=1: no INVALID drop rule
-    local_addresses: tuple[str, ...] | None = None  # node addresses for --nodeport-addresses; None: node IPs + lo
+    local_addresses: tuple[str, ...] | None = (
+        None  # node addresses for --nodeport-addresses; None: node IPs + lo
+    )
     changed: set[str] | None = None  # namespaced names to rewrite; None: full sync
     existing_chains: Iterable[str] = ()  # nat chains now in the kernel: stale ones get deleted
 
@@ -70,7 +78,9 @@ def service_digests(state: ProxyState) -> dict[str, str]:
     """
     parts: dict[str, list[str]] = {}
     for key in sorted(state.services):
-        parts.setdefault(key.namespaced_name, []).append(repr(state.services[key]) + repr(state.endpoints_of(key)))
+        parts.setdefault(key.namespaced_name, []).append(
+            repr(state.services[key]) + repr(state.endpoints_of(key))
+        )
     return {k: hashlib.blake2b("".join(v).encode(), digest_size=12).hexdigest() for k, v in parts.items()}
 
 
@@ -150,7 +160,9 @@ def build(state: ProxyState, options: RenderOptions | None = None) -> Ruleset:
     mark = f"{MASQ_MARK}/{MASQ_MARK}"
     nat_rules.add("-A KUBE-POSTROUTING -m mark ! --mark", mark, "-j RETURN")
     nat_rules.add("-A KUBE-POSTROUTING -j MARK --xor-mark", MASQ_MARK)
-    masq = '-A KUBE-POSTROUTING -m comment --comment "kubernetes service traffic requiring SNAT" -j MASQUERADE'
+    masq = (
+        '-A KUBE-POSTROUTING -m comment --comment "kubernetes service traffic requiring SNAT" -j MASQUERADE'
+    )
     nat_rules.add(masq + (" --random-fully" if opt.random_fully else ""))
     nat_rules.add("-A KUBE-MARK-MASQ -j MARK --or-mark", MASQ_MARK)
     if localhost_nodeports:
@@ -199,12 +211,16 @@ def build(state: ProxyState, options: RenderOptions | None = None) -> Ruleset:
                 continue
             if ip.startswith("127.") and not localhost_nodeports:
                 continue
-            nat_rules.add("-A KUBE-SERVICES -m comment --comment", NODEPORTS_LAST, "-d", ip, "-j KUBE-NODEPORTS")
+            nat_rules.add(
+                "-A KUBE-SERVICES -m comment --comment", NODEPORTS_LAST, "-d", ip, "-j KUBE-NODEPORTS"
+            )
 
     if not opt.conntrack_liberal:
         acct = [f"-m nfacct --nfacct-name {NFACCT_INVALID}"] if opt.nfacct else []
         filter_rules.add("-A KUBE-FORWARD -m conntrack --ctstate INVALID", *acct, "-j DROP")
-    filter_rules.add('-A KUBE-FORWARD -m comment --comment "kubernetes forwarding rules" -m mark --mark', mark, "-j ACCEPT")
+    filter_rules.add(
+        '-A KUBE-FORWARD -m comment --comment "kubernetes forwarding rules" -m mark --mark', mark, "-j ACCEPT"
+    )
     filter_rules.add(
         '-A KUBE-FORWARD -m comment --comment "kubernetes forwarding conntrack rule"',
         "-m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",

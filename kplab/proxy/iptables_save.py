@@ -18,15 +18,45 @@ CANARY = "KUBE-PROXY-CANARY"
 # Upstream's iptablesJumpChains then iptablesKubeletJumpChains: (table, from, to, extra matches, comment).
 # Each is prepended when missing, in this order, so the last one ends up first in its chain.
 JUMPS: tuple[tuple[str, str, str, str, str], ...] = (
-    ("filter", "INPUT", "KUBE-EXTERNAL-SERVICES", "-m conntrack --ctstate NEW", "kubernetes externally-visible service portals"),
-    ("filter", "FORWARD", "KUBE-EXTERNAL-SERVICES", "-m conntrack --ctstate NEW", "kubernetes externally-visible service portals"),
+    (
+        "filter",
+        "INPUT",
+        "KUBE-EXTERNAL-SERVICES",
+        "-m conntrack --ctstate NEW",
+        "kubernetes externally-visible service portals",
+    ),
+    (
+        "filter",
+        "FORWARD",
+        "KUBE-EXTERNAL-SERVICES",
+        "-m conntrack --ctstate NEW",
+        "kubernetes externally-visible service portals",
+    ),
     ("filter", "INPUT", "KUBE-NODEPORTS", "", "kubernetes health check service ports"),
     ("filter", "FORWARD", "KUBE-SERVICES", "-m conntrack --ctstate NEW", "kubernetes service portals"),
     ("filter", "OUTPUT", "KUBE-SERVICES", "-m conntrack --ctstate NEW", "kubernetes service portals"),
     ("filter", "FORWARD", "KUBE-FORWARD", "", "kubernetes forwarding rules"),
-    ("filter", "INPUT", "KUBE-PROXY-FIREWALL", "-m conntrack --ctstate NEW", "kubernetes load balancer firewall"),
-    ("filter", "OUTPUT", "KUBE-PROXY-FIREWALL", "-m conntrack --ctstate NEW", "kubernetes load balancer firewall"),
-    ("filter", "FORWARD", "KUBE-PROXY-FIREWALL", "-m conntrack --ctstate NEW", "kubernetes load balancer firewall"),
+    (
+        "filter",
+        "INPUT",
+        "KUBE-PROXY-FIREWALL",
+        "-m conntrack --ctstate NEW",
+        "kubernetes load balancer firewall",
+    ),
+    (
+        "filter",
+        "OUTPUT",
+        "KUBE-PROXY-FIREWALL",
+        "-m conntrack --ctstate NEW",
+        "kubernetes load balancer firewall",
+    ),
+    (
+        "filter",
+        "FORWARD",
+        "KUBE-PROXY-FIREWALL",
+        "-m conntrack --ctstate NEW",
+        "kubernetes load balancer firewall",
+    ),
     ("nat", "OUTPUT", "KUBE-SERVICES", "", "kubernetes service portals"),
     ("nat", "PREROUTING", "KUBE-SERVICES", "", "kubernetes service portals"),
     ("nat", "POSTROUTING", "KUBE-POSTROUTING", "", "kubernetes postrouting rules"),
@@ -79,7 +109,7 @@ def parse(text: str) -> Tables:
             m = _CHAIN.match(line)
             if m:
                 chains[m.group(1)] = Chain(m.group(1), m.group(2), int(m.group(3) or 0), int(m.group(4) or 0))
-        elif line.startswith("[") or line.startswith("-A "):
+        elif line.startswith(("[", "-A ")):
             m = _COUNTED.match(line)
             packets, nbytes, spec = (int(m.group(1)), int(m.group(2)), m.group(3)) if m else (0, 0, line)
             name = spec.split(" ", 2)[1]
@@ -102,9 +132,9 @@ def ensure_lines(tables: Tables, declared: dict[str, set[str]]) -> dict[str, lis
     """Per table, the restore lines that create what upstream's EnsureChain/EnsureRule and the
     canary monitor would create, for what is missing (`declared`: chains the restore declares)."""
     out: dict[str, list[str]] = {"filter": [], "nat": [], "mangle": []}
-    for table in out:
+    for table, lines in out.items():
         if CANARY not in tables.get(table, {}):
-            out[table].append(f":{CANARY} - [0:0]")
+            lines.append(f":{CANARY} - [0:0]")
     for table, src, dst, extra, comment in JUMPS:
         if dst not in tables.get(table, {}) and dst not in declared.get(table, set()):
             line = f":{dst} - [0:0]"
@@ -141,7 +171,12 @@ def cleanup_input(tables: Tables) -> str:
     out: list[str] = []
     for table, chains in tables.items():
         ours = sorted(c for c in chains if c.startswith("KUBE-"))
-        jumps = [r.spec for c in chains.values() for r in c.rules if r.target.startswith("KUBE-") and c.name in BUILTIN]
+        jumps = [
+            r.spec
+            for c in chains.values()
+            for r in c.rules
+            if r.target.startswith("KUBE-") and c.name in BUILTIN
+        ]
         if not ours and not jumps:
             continue
         out.append(f"*{table}")

@@ -23,12 +23,17 @@ def _annotation(chain: Chain, known: dict[str, dict[str, str]]) -> dict[str, str
         return {}
     for rule in chain.rules:
         comment = rule.comment
-        m = re.match(r"(?:masquerade traffic for |pod traffic for |other traffic to )?(\S+/\S+?)(?: |$)", comment)
+        m = re.match(
+            r"(?:masquerade traffic for |pod traffic for |other traffic to )?(\S+/\S+?)(?: |$)", comment
+        )
         if m:
             note = {"service": m.group(1)}
             dnat = re.search(r"--to-destination (\S+)", rule.spec)
             if chain.name.startswith("KUBE-SEP-") and dnat is None:
-                dnat = next((re.search(r"--to-destination (\S+)", r.spec) for r in chain.rules if "DNAT" in r.spec), None)
+                dnat = next(
+                    (re.search(r"--to-destination (\S+)", r.spec) for r in chain.rules if "DNAT" in r.spec),
+                    None,
+                )
             if dnat:
                 note["endpoint"] = dnat.group(1)
             return note
@@ -46,7 +51,9 @@ def _label(note: dict[str, str]) -> str:
     return text
 
 
-def rules_view(tables: Tables, annotations: dict[str, dict[str, str]], *, backend: str, node: str) -> dict[str, Any]:
+def rules_view(
+    tables: Tables, annotations: dict[str, dict[str, str]], *, backend: str, node: str
+) -> dict[str, Any]:
     data: dict[str, Any] = {"mode": "iptables", "backend": backend, "node": node, "tables": {}}
     lines = [f"# iptables ({backend}) on {node}: packets bytes rule"]
     for tname in SHOWN_TABLES:
@@ -54,7 +61,9 @@ def rules_view(tables: Tables, annotations: dict[str, dict[str, str]], *, backen
         tdata: dict[str, Any] = {}
         lines.append(f"*{tname}")
         for chain in chains.values():
-            relevant = chain.name.startswith("KUBE-") or any(r.target.startswith("KUBE-") for r in chain.rules)
+            relevant = chain.name.startswith("KUBE-") or any(
+                r.target.startswith("KUBE-") for r in chain.rules
+            )
             if not relevant:
                 continue
             note = _annotation(chain, annotations)
@@ -64,7 +73,13 @@ def rules_view(tables: Tables, annotations: dict[str, dict[str, str]], *, backen
                 "bytes": chain.bytes,
                 "annotation": note,
                 "rules": [
-                    {"rule": r.spec, "packets": r.packets, "bytes": r.bytes, "target": r.target, "comment": r.comment}
+                    {
+                        "rule": r.spec,
+                        "packets": r.packets,
+                        "bytes": r.bytes,
+                        "target": r.target,
+                        "comment": r.comment,
+                    }
                     for r in chain.rules
                 ],
             }

@@ -80,7 +80,11 @@ def test_partial_sync_rewrites_only_the_changed_service(lab):
 
 def test_stale_chains_are_deleted(lab):
     lab.apply(EXTRA)
-    extra = {c for c, note in state_file(lab, "node-1")["annotations"].items() if note["service"].startswith("default/extra")}
+    extra = {
+        c
+        for c, note in state_file(lab, "node-1")["annotations"].items()
+        if note["service"].startswith("default/extra")
+    }
     assert extra and extra <= set(save(lab, "node-1")["nat"])
     lab.delete(EXTRA)
     nat = set(save(lab, "node-1")["nat"])
@@ -93,7 +97,12 @@ def test_rules_view_counts_and_annotates(lab):
     after = lab.rules("node-1")
     seps = {n: c for n, c in after["tables"]["nat"].items() if n.startswith("KUBE-SEP-")}
     assert seps and all(c["annotation"].get("endpoint") and c["annotation"].get("pod") for c in seps.values())
-    total = lambda view: sum(r["packets"] for n, c in view["tables"]["nat"].items() if n.startswith("KUBE-SEP-") for r in c["rules"])  # noqa: E731
+    total = lambda view: sum(
+        r["packets"]
+        for n, c in view["tables"]["nat"].items()
+        if n.startswith("KUBE-SEP-")
+        for r in c["rules"]
+    )
     assert total(after) >= total(before) + 9
     assert "default/web:http ->" in after["text"]
     json.dumps(after)
@@ -113,7 +122,9 @@ def test_cleanup_leaves_no_kube_chains(lab):
     proxier.cleanup()
     text = run(["iptables-save"], netns=lab.netns(node)).stdout
     assert "KUBE-" not in text
-    assert run(["sysctl", "-n", "net.ipv4.conf.all.route_localnet"], netns=lab.netns(node)).stdout.strip() == "0"
+    assert (
+        run(["sysctl", "-n", "net.ipv4.conf.all.route_localnet"], netns=lab.netns(node)).stdout.strip() == "0"
+    )
     nf = run(["nfacct", "list"], netns=lab.netns(node), check=False).stdout
     assert "ct_state_invalid_dropped_pkts" not in nf
     res = proxier.sync(lab.state(node))  # and it comes back with a full sync

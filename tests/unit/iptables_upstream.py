@@ -182,7 +182,17 @@ def _opts(words: list[str]) -> dict[str, tuple[str, bool]]:
             neg = True
             i += 1
             continue
-        if w in ("-s", "-d", "-p", "--dport", "--src-type", "--dst-type", "-j", "--to-destination", "--probability"):
+        if w in (
+            "-s",
+            "-d",
+            "-p",
+            "--dport",
+            "--src-type",
+            "--dst-type",
+            "-j",
+            "--to-destination",
+            "--probability",
+        ):
             out[w] = (words[i + 1], neg)
             i += 2
         elif w in ("--rcheck", "--mark", "--ctstate"):
@@ -204,13 +214,19 @@ class Tracer:
     def _matches(self, o: dict[str, tuple[str, bool]], src: str, proto: str, dst: str, dport: str) -> bool:
         if "-s" in o and not _addr_match(o["-s"][0], o["-s"][1], src):
             return False
-        if "--src-type" in o and (o["--src-type"][0] == ("LOCAL" if src in self.local else "x")) == o["--src-type"][1]:
+        if (
+            "--src-type" in o
+            and (o["--src-type"][0] == ("LOCAL" if src in self.local else "x")) == o["--src-type"][1]
+        ):
             return False
         if "-p" in o and (o["-p"][0] == proto) == o["-p"][1]:
             return False
         if "-d" in o and not _addr_match(o["-d"][0], o["-d"][1], dst):
             return False
-        if "--dst-type" in o and (o["--dst-type"][0] == ("LOCAL" if dst in self.local else "x")) == o["--dst-type"][1]:
+        if (
+            "--dst-type" in o
+            and (o["--dst-type"][0] == ("LOCAL" if dst in self.local else "x")) == o["--dst-type"][1]
+        ):
             return False
         if "--dport" in o and (o["--dport"][0] == dport) == o["--dport"][1]:
             return False

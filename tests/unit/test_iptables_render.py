@@ -8,8 +8,8 @@ normalisation upstream's assertIPTablesRulesEqual applies (sortIPTablesRules).
 from __future__ import annotations
 
 import pytest
-
 from iptables_upstream import DATA, Tracer, flow_cases, load_state, sort_rules, upstream_config
+
 from kplab.proxy.iptables_rules import RenderOptions, build, changed_services, probability, service_digests
 from kplab.proxy.naming import iptables_chain, iptables_sep_chain
 
@@ -29,8 +29,16 @@ def test_upstream_hash_vectors():
 
 def test_compute_probability_like_upstream():
     # TestComputeProbability's table
-    expected = {1: "1.0000000000", 2: "0.5000000000", 10: "0.1000000000", 100: "0.0100000000",
-                1000: "0.0010000000", 10000: "0.0001000000", 100000: "0.0000100000", 100001: "0.0000099999"}
+    expected = {
+        1: "1.0000000000",
+        2: "0.5000000000",
+        10: "0.1000000000",
+        100: "0.0100000000",
+        1000: "0.0010000000",
+        10000: "0.0001000000",
+        100000: "0.0000100000",
+        100001: "0.0000099999",
+    }
     assert {n: probability(n) for n in expected} == expected
     values = [float(probability(n)) for n in range(2000, 1, -1)]
     assert values == sorted(set(values))  # strictly increasing: no two cascades share a value
