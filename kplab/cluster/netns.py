@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Iterator
 
 from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
 
 from kplab.cluster.run import NETNS_DIR
 from kplab.errors import EnvironmentProblem, LabError
@@ -183,7 +184,8 @@ class Builder:
 
     def bridge(self, netns: str, name: str, address: str | None) -> int:
         ipr = self.ipr(netns)
-        ipr.link("add", ifname=name, kind="bridge")
+        with kernel_feature("bridge", "CONFIG_BRIDGE"):
+            ipr.link("add", ifname=name, kind="bridge")
         idx = ipr.link_lookup(ifname=name)[0]
         if address:
             ip, plen = address.split("/")
@@ -195,7 +197,8 @@ class Builder:
                gateway: str | None, hairpin: bool = False) -> None:
         """veth from a bridge in `bridge_ns` to eth0 in `inner_ns`, addressed and routed."""
         ipr = self.ipr(bridge_ns)
-        ipr.link("add", ifname=port_name, kind="veth", peer={"ifname": "eth0", "net_ns_fd": inner_ns})
+        with kernel_feature("veth", "CONFIG_VETH"):
+            ipr.link("add", ifname=port_name, kind="veth", peer={"ifname": "eth0", "net_ns_fd": inner_ns})
         idx = ipr.link_lookup(ifname=port_name)[0]
         ipr.link("set", index=idx, master=bridge_idx, state="up")
         if hairpin:
@@ -216,6 +219,18 @@ class Builder:
         found = ipr.link_lookup(ifname=port_name)
         if found:
             ipr.link("del", index=found[0])
+
+
+@contextlib.contextmanager
+def kernel_feature(kind: str, option: str) -> Iterator[None]:
+    """Turn the kernel refusing a link kind into one line that says what is missing."""
+    try:
+        yield
+    except NetlinkError as e:
+        if e.code in (95, 93):  # EOPNOTSUPP / EPROTONOSUPPORT: the kind is unknown to this kernel
+            raise EnvironmentProblem(f"this kernel cannot create {kind} interfaces: load the module "
+                                     f"(modprobe {kind}) or use a kernel built with {option}") from None
+        raise LabError(f"the kernel refused to create a {kind} interface: {e}") from None
 
 
 def remove_netns(name: str) -> None:

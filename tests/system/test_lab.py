@@ -179,3 +179,24 @@ def test_not_root_is_told_what_to_do():
                           "--lab", "core11"], capture_output=True, text=True, timeout=60, cwd="/")
     assert out.returncode == 1
     assert out.stderr.strip() == "kplab: kplab needs root to create network namespaces: run it with sudo (or as root)"
+
+
+def test_missing_kernel_link_kind_is_one_line():
+    """This kernel has no dummy interfaces: the refusal becomes a line that says what to do."""
+    from kplab.cluster import netns
+    from kplab.errors import EnvironmentProblem
+
+    b = netns.Builder()
+    b.create_netns("kplab-core12-x")
+    try:
+        try:
+            with netns.kernel_feature("dummy", "CONFIG_DUMMY"):
+                b.ipr("kplab-core12-x").link("add", ifname="d0", kind="dummy")
+        except EnvironmentProblem as e:
+            assert str(e) == ("this kernel cannot create dummy interfaces: load the module (modprobe dummy) "
+                              "or use a kernel built with CONFIG_DUMMY")
+        else:
+            pytest.skip("this kernel has dummy interfaces")
+    finally:
+        b.close()
+        netns.remove_netns("kplab-core12-x")
