@@ -73,6 +73,11 @@ class IptablesProxier(Proxier):
     def _state_file(self) -> Path:
         return Path(self.ctx.state_dir) / "iptables.json"
 
+    @property
+    def _dirty(self) -> Path:
+        """Exists from just before a restore until it succeeded: the next sync must be full."""
+        return Path(self.ctx.state_dir) / "iptables.dirty"
+
     def _load(self) -> dict[str, Any]:
         try:
             return dict(json.loads(self._state_file.read_text()))
@@ -132,8 +137,8 @@ class IptablesProxier(Proxier):
         data = self._load()
         tools = self._tools(data)
         full = (
-            not data.get("chains_known")
-            or data.get("need_full", True)
+            "annotations" not in data
+            or self._dirty.exists()
             or time.time() - float(data.get("last_full", 0)) > FULL_SYNC_PERIOD
             or not self._canary_present(tools)
         )
@@ -156,7 +161,7 @@ class IptablesProxier(Proxier):
             existing = {c for c in current.get("nat", {}) if c.startswith(SERVICE_CHAIN_PREFIXES)}
             self._node_facts(data, state)
         else:
-            existing = set(data.get("chains", []))
+            existing = set(data.get("annotations", {}))
         digests = service_digests(state)
         options = RenderOptions(
             random_fully=True,
@@ -171,31 +176,28 @@ class IptablesProxier(Proxier):
         if full:
             declared = {"filter": {"KUBE-FIREWALL"} if "-A KUBE-FIREWALL " in text else set()}
             text = saved.merge(text, saved.ensure_lines(current, declared))
-        data["need_full"] = True  # until the restore below succeeds
-        self._save(data)
+        self._dirty.parent.mkdir(parents=True, exist_ok=True)
+        self._dirty.touch()
+        if self.ctx.options.get("keep_input"):  # the exact kernel input, for bench/ and curious readers
+            (Path(self.ctx.state_dir) / "last-input.txt").write_text(text)
         res = self._run([tools[2], "-w", "5", "--noflush", "--counters"], input=text, check=False,
                         timeout=RESTORE_TIMEOUT)  # fmt: skip
         if not res.ok:
             lines = saved.failing_lines(text, res.stderr)
             first = (res.stderr.strip().splitlines() or [f"exit {res.returncode}"])[0]
             raise ProxierError(f"iptables-restore in {self.ctx.netns} failed: {first}", lines)
-        data.update(
-            need_full=False,
-            chains_known=True,
-            digests=digests,
-            chains=sorted(ruleset.active_nat_chains),
-            annotations=ruleset.annotations,
-            last_size=text.count("\n"),
-        )
+        data.update(digests=digests, annotations=ruleset.annotations, last_size=text.count("\n"))
         if full:
             data["last_full"] = time.time()
         self._save(data)
+        self._dirty.unlink(missing_ok=True)
         return SyncResult(full=full, changed_services=ruleset.rewritten, seconds=0.0, size=text.count("\n"))
 
     def cleanup(self) -> None:
         data = self._load()
         if not Path(f"/run/netns/{self.ctx.netns}").exists():
             self._state_file.unlink(missing_ok=True)
+            self._dirty.unlink(missing_ok=True)
             return
         tools = self._tools(data)
         text = saved.cleanup_input(saved.parse(self._run([tools[1]]).stdout))
@@ -207,6 +209,7 @@ class IptablesProxier(Proxier):
         if before not in (None, "1"):
             self._run(["sysctl", "-q", "-w", f"{ROUTE_LOCALNET}={before}"], check=False)
         self._state_file.unlink(missing_ok=True)
+        self._dirty.unlink(missing_ok=True)
 
     def rules(self) -> dict[str, Any]:
         from kplab.proxy.iptables_view import rules_view

@@ -21,13 +21,13 @@ are written; KUBE-SERVICES, KUBE-NODEPORTS and the filter chains are always writ
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from kplab.proxy.core import MASQ_MARK, Endpoint, ProxyState, ServicePort, categorize_endpoints
-from kplab.proxy.naming import iptables_chain, iptables_sep_chain
 
 LARGE_CLUSTER_ENDPOINTS = 1000  # upstream's largeClusterEndpointsThreshold
 NFACCT_INVALID = "ct_state_invalid_dropped_pkts"
@@ -63,7 +63,7 @@ class RenderOptions:
 class Ruleset:
     text: str
     active_nat_chains: set[str]
-    annotations: dict[str, dict[str, str]] = field(default_factory=dict)  # chain -> service/endpoint/pod
+    annotations: dict[str, list[str]] = field(default_factory=dict)  # chain -> [service, endpoint, pod]
     large_cluster: bool = False
     rewritten: int = 0  # service ports whose chains were written
 
@@ -86,6 +86,15 @@ def service_digests(state: ProxyState) -> dict[str, str]:
 
 def changed_services(previous: dict[str, str], current: dict[str, str]) -> set[str]:
     return {k for k in current if previous.get(k) != current[k]}
+
+
+def hash16(text: str) -> str:
+    """The 16 base32 characters of sha256(text) upstream's chain names use (= naming.port_proto_hash).
+
+    16 base32 characters are exactly the first 10 bytes of the digest, so only those get encoded
+    (base64's b32encode is pure Python: this is the hot spot of a 10k-service render).
+    """
+    return base64.b32encode(hashlib.sha256(text.encode()).digest()[:10]).decode()
 
 
 def sloppy_ip(text: str) -> str | None:
@@ -254,10 +263,16 @@ def _service(
     if cluster_ip is None:
         return
     cat = categorize_endpoints(endpoints, svc)
-    svc_chain = iptables_chain("KUBE-SVC-", name, proto)
-    svl_chain = iptables_chain("KUBE-SVL-", name, proto)
-    ext_chain = iptables_chain("KUBE-EXT-", name, proto)
-    fw_chain = iptables_chain("KUBE-FW-", name, proto)
+    h = hash16(name + proto)
+    svc_chain, svl_chain, ext_chain, fw_chain = (
+        f"KUBE-SVC-{h}",
+        f"KUBE-SVL-{h}",
+        f"KUBE-EXT-{h}",
+        f"KUBE-FW-{h}",
+    )
+    seps = {
+        e.address: "KUBE-SEP-" + hash16(name + proto + e.address) for e in (*cat.all_reachable, *cat.local)
+    }
     external_ips = [ip for ip in (sloppy_ip(i) for i in svc.external_ips) if ip]
     lb_ips = [ip for ip in (sloppy_ip(i) for i in svc.load_balancer_ips) if ip]
     ranges = [c for c in (sloppy_cidr(r) for r in svc.load_balancer_source_ranges) if c is not None]
@@ -363,13 +378,13 @@ def _service(
                       f'"other traffic to {name} will be dropped by KUBE-PROXY-FIREWALL"')  # fmt: skip
     if uses_cluster_chain:
         _declare(nat_chains, out, svc_chain, name)
-        _dispatch(nat_rules, svc, name, proto, svc_chain, cat.cluster, large)
+        _dispatch(nat_rules, svc, name, seps, svc_chain, cat.cluster, large)
     if uses_local_chain:
         _declare(nat_chains, out, svl_chain, name)
-        _dispatch(nat_rules, svc, name, proto, svl_chain, cat.local, large)
+        _dispatch(nat_rules, svc, name, seps, svl_chain, cat.local, large)
     comment = [] if large else ["-m comment --comment", name]
     for ep in cat.all_reachable:
-        sep = iptables_sep_chain(name, proto, ep.address)
+        sep = seps[ep.address]
         _declare(nat_chains, out, sep, name, ep)
         nat_rules.add("-A", sep, *comment, "-s", ep.ip, "-j", MARK_MASQ)
         recent = ["-m recent --name", sep, "--set"] if svc.session_affinity_seconds else []
@@ -379,19 +394,20 @@ def _service(
 def _declare(chains: _Lines, out: Ruleset, chain: str, service: str, ep: Endpoint | None = None) -> None:
     chains.add(f":{chain} - [0:0]")
     out.active_nat_chains.add(chain)
-    note = {"service": service}
-    if ep is not None:
-        note["endpoint"] = ep.address
-        if ep.pod_name:
-            note["pod"] = ep.pod_name
-    out.annotations[chain] = note
+    out.annotations[chain] = [service] if ep is None else [service, ep.address, ep.pod_name]
 
 
 def _dispatch(
-    rules: _Lines, svc: ServicePort, name: str, proto: str, chain: str, endpoints: list[Endpoint], large: bool
+    rules: _Lines,
+    svc: ServicePort,
+    name: str,
+    sep_of: dict[str, str],
+    chain: str,
+    endpoints: list[Endpoint],
+    large: bool,
 ) -> None:
     """Upstream's writeServiceToEndpointRules: affinity checks first, then the probability cascade."""
-    seps = [(ep, iptables_sep_chain(name, proto, ep.address)) for ep in endpoints]
+    seps = [(ep, sep_of[ep.address]) for ep in endpoints]
     if svc.session_affinity_seconds:
         for ep, sep in seps:
             comment = [] if large else ["-m comment --comment", f'"{name} -> {ep.address}"']

@@ -16,9 +16,9 @@ from kplab.proxy.iptables_save import Chain, Tables
 SHOWN_TABLES = ("nat", "filter")
 
 
-def _annotation(chain: Chain, known: dict[str, dict[str, str]]) -> dict[str, str]:
+def _annotation(chain: Chain, known: dict[str, list[str]]) -> dict[str, str]:
     if chain.name in known:
-        return dict(known[chain.name])
+        return {k: v for k, v in zip(("service", "endpoint", "pod"), known[chain.name]) if v}
     if not chain.name.startswith(("KUBE-SVC-", "KUBE-SVL-", "KUBE-EXT-", "KUBE-FW-", "KUBE-SEP-")):
         return {}
     for rule in chain.rules:
@@ -52,7 +52,7 @@ def _label(note: dict[str, str]) -> str:
 
 
 def rules_view(
-    tables: Tables, annotations: dict[str, dict[str, str]], *, backend: str, node: str
+    tables: Tables, annotations: dict[str, list[str]], *, backend: str, node: str
 ) -> dict[str, Any]:
     data: dict[str, Any] = {"mode": "iptables", "backend": backend, "node": node, "tables": {}}
     lines = [f"# iptables ({backend}) on {node}: packets bytes rule"]

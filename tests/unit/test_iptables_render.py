@@ -89,3 +89,11 @@ def test_packet_flows(case):
         assert tracer.trace(src, proto, dst, port) == (output, masq), name
     if "firewall" in case:
         assert ("-A KUBE-FIREWALL " in text) == case["firewall"]
+
+
+def test_fast_hash_matches_naming():
+    from kplab.proxy.iptables_rules import hash16
+    from kplab.proxy.naming import port_proto_hash
+
+    for name in ("ns4/svc4:p80", "default/kubernetes:https", "a/b", "x" * 300):
+        assert hash16(name + "tcp") == port_proto_hash(name, "tcp")
