@@ -4,7 +4,7 @@ SHELL := /bin/bash
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-DEBS := iproute2 iputils-ping iptables nftables ipvsadm ipset conntrack tcpdump util-linux procps kmod
+DEBS := iproute2 iputils-ping iptables nfacct nftables ipvsadm ipset conntrack tcpdump util-linux procps kmod
 TEST_DEBS := chromium chromium-driver
 STAMP := $(VENV)/.kplab-installed
 
