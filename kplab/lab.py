@@ -463,6 +463,27 @@ class Lab:
         ip, port, default_proto = self.resolve(target)
         return curl(self.netns(frm), ip, port, proto or default_proto, n=n, timeout=timeout, target=target)
 
+    # seeing the packet: thin doors to kplab.packets.api and kplab.inspect (imported late: scapy is slow)
+    def packets(self, name: str) -> Any:
+        """scapy inside `name`'s netns: lab.packets("client").syn("web:80") -> what came back."""
+        from kplab.packets.api import packets
+        return packets(self, name)
+
+    def capture(self, name: str, **options: Any) -> Any:
+        """Capture in `name`'s netns while sending: with lab.capture("web-x", filter="tcp port 8080") as cap: ..."""
+        from kplab.packets.api import capture
+        return capture(self, name, **options)
+
+    def trace(self, frm: str, target: str, **options: Any) -> Any:
+        """One connection and its path through the nodes, rule by rule (kplab.inspect.trace)."""
+        from kplab.inspect.trace import trace
+        return trace(self, frm, target, **options)
+
+    def conntrack(self, node: str, service: str | None = None) -> Any:
+        """The node's conntrack entries (of `service` only, when given), both tuples each."""
+        from kplab.inspect.conntrack import list_entries
+        return list_entries(self, node, service)
+
     def warnings(self) -> list[str]:
         """Services whose selector matches no pod: allowed, but they will have no endpoints."""
         data = self.data or self._load()

@@ -136,7 +136,10 @@ def explain_file(path: str | Path, services: str | Path | None = None) -> Explan
     except OSError as e:
         raise DumpError(f"cannot read {path}: {e.strerror}") from None
     catalog = load_catalog(services) if services else None
-    return explain(text, catalog)
+    try:
+        return explain(text, catalog)
+    except DumpError as e:
+        raise DumpError(f"{path}: {e}") from None
 
 
 def _compare(ex: Explanation, catalog: Catalog) -> None:
