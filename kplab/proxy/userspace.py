@@ -69,18 +69,28 @@ PORTALS_HOST = "KUBE-PORTALS-HOST"
 NODEPORT_CONTAINER = "KUBE-NODEPORT-CONTAINER"
 NODEPORT_HOST = "KUBE-NODEPORT-HOST"
 NODEPORT_NON_LOCAL = "KUBE-NODEPORT-NON-LOCAL"
-CHAINS = {"nat": (PORTALS_CONTAINER, PORTALS_HOST, NODEPORT_CONTAINER, NODEPORT_HOST), "filter": (NODEPORT_NON_LOCAL,)}
+CHAINS = {
+    "nat": (PORTALS_CONTAINER, PORTALS_HOST, NODEPORT_CONTAINER, NODEPORT_HOST),
+    "filter": (NODEPORT_NON_LOCAL,),
+}
 _PORTALS_FIRST = '-m comment --comment "handle ClusterIPs; NOTE: this must be before the NodePort rules"'
-_NODEPORTS_LAST = ('-m addrtype --dst-type LOCAL -m comment --comment '
-                   '"handle service NodePorts; NOTE: this must be the last rule in the chain"')
+_NODEPORTS_LAST = (
+    "-m addrtype --dst-type LOCAL -m comment --comment "
+    '"handle service NodePorts; NOTE: this must be the last rule in the chain"'
+)
 # upstream's iptablesInit(), as data: (table, built-in chain, insert first?, matches, our chain)
 JUMPS = (
     ("nat", "PREROUTING", True, _PORTALS_FIRST, PORTALS_CONTAINER),
     ("nat", "OUTPUT", True, _PORTALS_FIRST, PORTALS_HOST),
     ("nat", "PREROUTING", False, _NODEPORTS_LAST, NODEPORT_CONTAINER),
     ("nat", "OUTPUT", False, _NODEPORTS_LAST, NODEPORT_HOST),
-    ("filter", "INPUT", True, '-m comment --comment "Ensure that non-local NodePort traffic can flow"',
-     NODEPORT_NON_LOCAL),
+    (
+        "filter",
+        "INPUT",
+        True,
+        '-m comment --comment "Ensure that non-local NodePort traffic can flow"',
+        NODEPORT_NON_LOCAL,
+    ),
 )
 
 
@@ -150,19 +160,34 @@ def build_table(state: ProxyState, previous_ports: dict[str, int] | None = None,
         else:
             servable.append(svc)
     keys = [f"{svc.name}/{svc.protocol}" for svc in servable]
-    ports = allocate_proxy_ports(keys, previous_ports or {}, options.get("proxy_port_range") or DEFAULT_PORT_RANGE)
+    ports = allocate_proxy_ports(
+        keys, previous_ports or {}, options.get("proxy_port_range") or DEFAULT_PORT_RANGE
+    )
     portals = []
     for svc, key in zip(servable, keys):
         ready = [e for e in state.endpoints_of(svc.name) if e.ready]
-        portals.append(Portal(
-            name=str(svc.name), protocol=svc.protocol, proxy_port=ports[key], cluster_ip=svc.cluster_ip,
-            port=svc.port, node_port=svc.node_port, external_ips=svc.external_ips,
-            load_balancer_ips=svc.load_balancer_ips, affinity_seconds=svc.session_affinity_seconds,
-            endpoints=tuple(e.address for e in ready), pods=tuple(e.pod_name for e in ready),
-        ))
-    return Table(tuple(portals), host_ip=options.get("host_ip") or state.node_ips[0],
-                 listen_ip=options.get("listen_ip") or "0.0.0.0",
-                 udp_timeout=float(options.get("udp_timeout") or DEFAULT_UDP_IDLE_TIMEOUT), skipped=tuple(skipped))
+        portals.append(
+            Portal(
+                name=str(svc.name),
+                protocol=svc.protocol,
+                proxy_port=ports[key],
+                cluster_ip=svc.cluster_ip,
+                port=svc.port,
+                node_port=svc.node_port,
+                external_ips=svc.external_ips,
+                load_balancer_ips=svc.load_balancer_ips,
+                affinity_seconds=svc.session_affinity_seconds,
+                endpoints=tuple(e.address for e in ready),
+                pods=tuple(e.pod_name for e in ready),
+            )
+        )
+    return Table(
+        tuple(portals),
+        host_ip=options.get("host_ip") or state.node_ips[0],
+        listen_ip=options.get("listen_ip") or "0.0.0.0",
+        udp_timeout=float(options.get("udp_timeout") or DEFAULT_UDP_IDLE_TIMEOUT),
+        skipped=tuple(skipped),
+    )
 
 
 def _match(p: Portal, dport: int, dest: str = "", extra: str = "") -> str:
@@ -174,8 +199,11 @@ def _match(p: Portal, dport: int, dest: str = "", extra: str = "") -> str:
 
 def _portal_rules(t: Table, p: Portal) -> dict[str, list[str]]:
     listen_any = t.listen_ip == "0.0.0.0"
-    to_proxy = f"-j REDIRECT --to-ports {p.proxy_port}" if listen_any else \
-        f"-j DNAT --to-destination {t.listen_ip}:{p.proxy_port}"
+    to_proxy = (
+        f"-j REDIRECT --to-ports {p.proxy_port}"
+        if listen_any
+        else f"-j DNAT --to-destination {t.listen_ip}:{p.proxy_port}"
+    )
     to_host = f"-j DNAT --to-destination {t.host_ip if listen_any else t.listen_ip}:{p.proxy_port}"
     local = " -m addrtype --dst-type LOCAL"
     out: dict[str, list[str]] = {c: [] for c in (*CHAINS["nat"], NODEPORT_NON_LOCAL)}
@@ -219,11 +247,17 @@ def render_restore(t: Table, jumps: bool | set[tuple[str, str, str]] = True) -> 
 def table_text(t: Table, stats: dict[str, Any] | None = None) -> str:
     """The proxy's table for people: service port -> proxy port -> endpoints (with live counts)."""
     live = {f"{s['name']}/{s['protocol']}": s for s in (stats or {}).get("services", [])}
-    where = "0.0.0.0 (REDIRECT from pods/off-node, DNAT to " + t.host_ip + " from the node)" \
-        if t.listen_ip == "0.0.0.0" else f"{t.listen_ip} (DNAT)"
+    where = (
+        "0.0.0.0 (REDIRECT from pods/off-node, DNAT to " + t.host_ip + " from the node)"
+        if t.listen_ip == "0.0.0.0"
+        else f"{t.listen_ip} (DNAT)"
+    )
     lines = [f"# userspace proxy table: service port -> proxy port -> endpoints; listening on {where}"]
     for p in t.portals:
-        caught = [f"{p.cluster_ip}:{p.port}", *(f"{ip}:{p.port}" for ip in (*p.external_ips, *p.load_balancer_ips))]
+        caught = [
+            f"{p.cluster_ip}:{p.port}",
+            *(f"{ip}:{p.port}" for ip in (*p.external_ips, *p.load_balancer_ips)),
+        ]
         if p.node_port:
             caught.append(f"nodePort {p.node_port}")
         s = live.get(p.key)
@@ -237,8 +271,10 @@ def table_text(t: Table, stats: dict[str, Any] | None = None) -> str:
             row = f"#     {ep:<21} {pod or '-':<24}"
             if s:
                 c = s["endpoints"].get(ep, {})
-                row += f" connections {c.get('connections', 0):>5}  active {c.get('active', 0):>3}" \
-                       f"  failed {c.get('failed', 0):>3}"
+                row += (
+                    f" connections {c.get('connections', 0):>5}  active {c.get('active', 0):>3}"
+                    f"  failed {c.get('failed', 0):>3}"
+                )
             lines.append(row.rstrip())
     lines.extend(f"# skipped: {why}" for why in t.skipped)
     return "\n".join(lines) + "\n"
@@ -248,17 +284,29 @@ def proxy_input(t: Table) -> dict[str, Any]:
     """table.json: what the proxy process serves (it ignores the keys it does not use)."""
     services = [{**asdict(p), "udp_timeout": t.udp_timeout} for p in t.portals]
     hold = [{"protocol": p.protocol, "port": p.node_port, "owner": p.name} for p in t.portals if p.node_port]
-    return {"listen_ip": t.listen_ip, "host_ip": t.host_ip, "udp_timeout": t.udp_timeout,
-            "skipped": list(t.skipped), "services": services, "hold": hold}
+    return {
+        "listen_ip": t.listen_ip,
+        "host_ip": t.host_ip,
+        "udp_timeout": t.udp_timeout,
+        "skipped": list(t.skipped),
+        "services": services,
+        "hold": hold,
+    }
 
 
 def table_from_input(data: dict[str, Any]) -> Table:
     fields = Portal.__dataclass_fields__
-    portals = tuple(Portal(**{k: tuple(v) if isinstance(v, list) else v for k, v in s.items() if k in fields})
-                    for s in data.get("services", []))
-    return Table(portals, host_ip=data.get("host_ip", ""), listen_ip=data.get("listen_ip", "0.0.0.0"),
-                 udp_timeout=data.get("udp_timeout", DEFAULT_UDP_IDLE_TIMEOUT),
-                 skipped=tuple(data.get("skipped", ())))
+    portals = tuple(
+        Portal(**{k: tuple(v) if isinstance(v, list) else v for k, v in s.items() if k in fields})
+        for s in data.get("services", [])
+    )
+    return Table(
+        portals,
+        host_ip=data.get("host_ip", ""),
+        listen_ip=data.get("listen_ip", "0.0.0.0"),
+        udp_timeout=data.get("udp_timeout", DEFAULT_UDP_IDLE_TIMEOUT),
+        skipped=tuple(data.get("skipped", ())),
+    )
 
 
 def _ours(saved: str) -> dict[str, list[str]]:
@@ -274,8 +322,11 @@ def _ours(saved: str) -> dict[str, list[str]]:
         words = body.split()
         if len(words) < 2 or table not in CHAINS:
             continue
-        if (words[0].startswith(":") and words[0][1:] in mine) or (words[0] == "-A" and words[1] in mine) or \
-                (words[0] == "-A" and words[-2:-1] == ["-j"] and words[-1] in mine):
+        if (
+            (words[0].startswith(":") and words[0][1:] in mine)
+            or (words[0] == "-A" and words[1] in mine)
+            or (words[0] == "-A" and words[-2:-1] == ["-j"] and words[-1] in mine)
+        ):
             out.setdefault(table, []).append(line)
     return out
 
@@ -291,7 +342,9 @@ class UserspaceProxier(Proxier):
     @classmethod
     def render(cls, state: ProxyState, **options: Any) -> str:
         table = build_table(state, options.get("proxy_ports"), **options)
-        return render_restore(table) + table_text(table)
+        return (
+            f"# kube-proxy userspace mode ({cls.status_note})\n" + render_restore(table) + table_text(table)
+        )
 
     def _previous(self) -> Table | None:
         try:
@@ -310,8 +363,12 @@ class UserspaceProxier(Proxier):
         os.replace(tmp, self.dir / TABLE_FILE)
         errors = self._load_proxy()  # sockets first, so the rules never point at a closed port
         saved = run(["iptables-save"], self.ctx.netns).stdout
-        present = {(t, line.split()[1], line.split()[-1]) for t, lines in _ours(saved).items() for line in lines
-                   if line.split()[:1] == ["-A"] and line.split()[1] not in CHAINS[t]}
+        present = {
+            (t, line.split()[1], line.split()[-1])
+            for t, lines in _ours(saved).items()
+            for line in lines
+            if line.split()[:1] == ["-A"] and line.split()[1] not in CHAINS[t]
+        }
         missing = {(t, b, c) for t, b, _, _, c in JUMPS} - present
         text = render_restore(table, missing)
         run(["iptables-restore", "--noflush"], self.ctx.netns, input=text)
@@ -321,8 +378,9 @@ class UserspaceProxier(Proxier):
         if errors:
             raise ProxierError(f"userspace proxy on {self.ctx.node}: {errors[0]}", errors)
         changed = sum(1 for k in old.keys() | new.keys() if old.get(k) != new.get(k))
-        return SyncResult(full=True, changed_services=changed, seconds=time.monotonic() - start,
-                          size=text.count("\n"))
+        return SyncResult(
+            full=True, changed_services=changed, seconds=time.monotonic() - start, size=text.count("\n")
+        )
 
     def _load_proxy(self) -> list[str]:
         """Hand the table to the running proxy, starting it first if needed; its error lines."""
@@ -352,7 +410,11 @@ class UserspaceProxier(Proxier):
                 for table, lines in ours.items():
                     out.append(f"*{table}")
                     bodies = [re.sub(r"^\[\d+:\d+\] ", "", line) for line in lines]
-                    out.extend("-D" + b[2:] for b in bodies if b.startswith("-A ") and b.split()[1] not in CHAINS[table])
+                    out.extend(
+                        "-D" + b[2:]
+                        for b in bodies
+                        if b.startswith("-A ") and b.split()[1] not in CHAINS[table]
+                    )
                     present = [b[1:].split()[0] for b in bodies if b.startswith(":")]
                     out.extend(f"-F {c}" for c in present)
                     out.extend(f"-X {c}" for c in present)
@@ -377,20 +439,35 @@ class UserspaceProxier(Proxier):
         head += f"# proxy process pid {pid}\n" if pid else "# proxy process: not running\n"
         rules_text = "".join(f"*{t}\n" + "\n".join(lines) + "\nCOMMIT\n" for t, lines in ours.items())
         text = head + rules_text + (table_text(table, stats) if table else "# no table loaded\n")
-        return {"mode": self.mode, "status_note": self.status_note, "text": text, "iptables": ours,
-                "proxy": {"pid": pid, "running": pid is not None, **stats},
-                "table": proxy_input(table) if table else None}
+        return {
+            "mode": self.mode,
+            "status_note": self.status_note,
+            "text": text,
+            "iptables": ours,
+            "proxy": {"pid": pid, "running": pid is not None, **stats},
+            "table": proxy_input(table) if table else None,
+        }
 
     @classmethod
     def doctor(cls) -> Availability:
-        missing = [t for t in ("iptables-save", "iptables-restore", "nsenter", "conntrack") if not shutil.which(t)]
+        missing = [
+            t for t in ("iptables-save", "iptables-restore", "nsenter", "conntrack") if not shutil.which(t)
+        ]
         if missing:
-            return Availability(cls.mode, False, f"missing: {', '.join(missing)}",
-                                fix="apt-get install iptables util-linux conntrack (or `make setup`)",
-                                note=cls.status_note)
+            return Availability(
+                cls.mode,
+                False,
+                f"missing: {', '.join(missing)}",
+                fix="apt-get install iptables util-linux conntrack (or `make setup`)",
+                note=cls.status_note,
+            )
         version = run(["iptables", "-V"], check=False).stdout.strip()
-        return Availability(cls.mode, True, f"{version}; proxy process: Python {sys.version.split()[0]}, splice(2)",
-                            note=cls.status_note)
+        return Availability(
+            cls.mode,
+            True,
+            f"{version}; proxy process: Python {sys.version.split()[0]}, splice(2)",
+            note=cls.status_note,
+        )
 
 
 def control(state_dir: Path, request: dict[str, Any], timeout: float = 10.0) -> dict[str, Any]:
@@ -408,7 +485,9 @@ def control(state_dir: Path, request: dict[str, Any], timeout: float = 10.0) -> 
                 buf += chunk
         reply = json.loads(buf)
     except (OSError, ValueError) as e:
-        raise ProxierError(f"userspace proxy in {state_dir} did not answer: {e}; see {state_dir / LOG_FILE}") from None
+        raise ProxierError(
+            f"userspace proxy in {state_dir} did not answer: {e}; see {state_dir / LOG_FILE}"
+        ) from None
     if not reply.get("ok"):
         raise ProxierError(f"userspace proxy: {reply.get('error')}")
     return dict(reply)

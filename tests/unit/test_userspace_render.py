@@ -71,7 +71,8 @@ COMMIT
 
 
 def test_render_nodeport_service_matches_upstream_shape() -> None:
-    text = UserspaceProxier.render(web_state())
+    head, text = UserspaceProxier.render(web_state()).split("\n", 1)
+    assert head == "# kube-proxy userspace mode (historical: deprecated in 1.23, removed upstream in 1.26)"
     assert text.startswith(EXPECTED)
     table = text[len(EXPECTED):]
     assert "default/web:http TCP 10.96.0.10:80, nodePort 30080 -> :20001 (round robin)" in table
