@@ -29,9 +29,10 @@ chains rewritten, map elements diffed, stale chains flushed now and deleted > 1 
 from __future__ import annotations
 
 import json
+import marshal
 import os
-import pickle
 import shutil
+import sqlite3
 import subprocess
 import time
 from collections.abc import Iterable
@@ -54,24 +55,117 @@ from kplab.proxy.nftables_rules import (
     write_skeleton,
 )
 
-MEMORY_FILE = "nftables.pickle"
-MEMORY_VERSION = 1
+MEMORY_FILE = "nftables.sqlite"
+MEMORY_VERSION = 2
 STALE_SECONDS = 1.0  # upstream deletes flushed chains only in a sync more than 1 s later
+# Sent before a partial transaction: a no-op while the table is there, an error once someone
+# deleted it, which turns the sync into a full one.
+CANARY = f"# is the table still there?\nadd chain {FAMILY} {TABLE} services\n"
 
 
 # ---------------------------------------------------------------------------------------------
-# A whole sync: plan() is pure, NftablesProxier.sync() runs it.
+# What one sync leaves for the next (upstream keeps it in its Proxier struct).
 # ---------------------------------------------------------------------------------------------
+
+Key = str  # "ns/name:port/PROTO", one service port
+ElementKey = str  # "<set or map>\t<element key>"
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT);
+CREATE TABLE IF NOT EXISTS services (key TEXT PRIMARY KEY, namespaced TEXT, digest BLOB, data BLOB);
+CREATE TABLE IF NOT EXISTS elements (ck TEXT PRIMARY KEY, value TEXT, comment TEXT, refs INTEGER);
+CREATE TABLE IF NOT EXISTS stale (chain TEXT PRIMARY KEY, since REAL);
+"""
 
 
 @dataclass
-class Memory:
-    """What a sync leaves for the next one (upstream keeps it in the Proxier struct)."""
+class Delta:
+    """How a sync changes the Memory once its transaction has been loaded."""
 
-    config: str = ""
-    services: dict[str, ServiceEntry] = field(default_factory=dict)
-    stale: dict[str, float] = field(default_factory=dict)  # flushed chain -> when it became stale
-    version: int = MEMORY_VERSION
+    config: str
+    full: bool
+    entries: dict[Key, ServiceEntry] = field(default_factory=dict)
+    removed: list[Key] = field(default_factory=list)
+    elements: dict[ElementKey, tuple[str, str, int] | None] = field(default_factory=dict)
+    stale: dict[str, float] = field(default_factory=dict)  # the whole stale list after this sync
+
+
+class Memory:
+    """An SQLite file in ctx.state_dir: per service port its digest and what it owns, the map
+    elements with how many service ports want each, and the stale chains. A partial sync reads
+    the digests and only the rows of what changed, so its cost follows the change, not the table."""
+
+    def __init__(self, path: str | Path = ":memory:") -> None:
+        self.db = sqlite3.connect(str(path), isolation_level=None)
+        self.db.executescript("PRAGMA journal_mode=MEMORY; PRAGMA synchronous=OFF;" + SCHEMA)
+
+    def close(self) -> None:
+        self.db.close()
+
+    def _meta(self, name: str) -> str | None:
+        row = self.db.execute("SELECT value FROM meta WHERE name = ?", (name,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def config(self) -> str | None:
+        return self._meta("config") if self._meta("version") == str(MEMORY_VERSION) else None
+
+    def digests(self) -> dict[Key, bytes]:
+        return dict(self.db.execute("SELECT key, digest FROM services"))
+
+    def entries(self, keys: Iterable[Key] | None = None) -> dict[Key, ServiceEntry]:
+        if keys is None:
+            rows = list(self.db.execute("SELECT key, namespaced, digest, data FROM services"))
+        else:
+            rows = []
+            wanted = list(keys)
+            for i in range(0, len(wanted), 500):
+                chunk = wanted[i : i + 500]
+                marks = ",".join("?" * len(chunk))
+                rows += self.db.execute(
+                    f"SELECT key, namespaced, digest, data FROM services WHERE key IN ({marks})", chunk
+                ).fetchall()
+        return {k: ServiceEntry(ns, d, *marshal.loads(blob)) for k, ns, d, blob in rows}
+
+    def elements(self, cks: Iterable[ElementKey]) -> dict[ElementKey, tuple[str, str, int]]:
+        out: dict[ElementKey, tuple[str, str, int]] = {}
+        wanted = list(cks)
+        for i in range(0, len(wanted), 500):
+            chunk = wanted[i : i + 500]
+            marks = ",".join("?" * len(chunk))
+            for ck, v, c, r in self.db.execute(f"SELECT * FROM elements WHERE ck IN ({marks})", chunk):
+                out[ck] = (v, c, r)
+        return out
+
+    def stale(self) -> dict[str, float]:
+        return dict(self.db.execute("SELECT chain, since FROM stale"))
+
+    def commit(self, delta: Delta) -> None:
+        db = self.db
+        db.execute("BEGIN")
+        if delta.full:
+            db.execute("DELETE FROM services")
+            db.execute("DELETE FROM elements")
+        db.executemany("DELETE FROM services WHERE key = ?", [(k,) for k in delta.removed])
+        db.executemany(
+            "INSERT OR REPLACE INTO services VALUES (?, ?, ?, ?)",
+            [
+                (k, e.namespaced, e.digest, marshal.dumps((e.chains, e.affinity_sets, e.elements, e.pods)))
+                for k, e in delta.entries.items()
+            ],
+        )
+        db.executemany(
+            "DELETE FROM elements WHERE ck = ?", [(ck,) for ck, v in delta.elements.items() if v is None]
+        )
+        db.executemany(
+            "INSERT OR REPLACE INTO elements VALUES (?, ?, ?, ?)",
+            [(ck, *v) for ck, v in delta.elements.items() if v is not None],
+        )
+        db.execute("DELETE FROM stale")
+        db.executemany("INSERT INTO stale VALUES (?, ?)", delta.stale.items())
+        db.executemany(
+            "INSERT OR REPLACE INTO meta VALUES (?, ?)",
+            [("version", str(MEMORY_VERSION)), ("config", delta.config)],
+        )
+        db.execute("COMMIT")
 
 
 @dataclass
@@ -85,13 +179,14 @@ class Existing:
 @dataclass
 class Plan:
     tx: Transaction
-    memory: Memory
+    delta: Delta
     full: bool
     changed: int  # service ports whose chains were rewritten
 
 
-def _key(svc: ServicePort) -> str:
-    return f"{svc.name}/{svc.protocol}"
+# ---------------------------------------------------------------------------------------------
+# One sync: plan() is pure (it only reads the Memory), NftablesProxier.sync() runs it.
+# ---------------------------------------------------------------------------------------------
 
 
 def plan(
@@ -102,91 +197,100 @@ def plan(
     counters: bool = False,
     existing: Existing | None = None,
 ) -> Plan:
-    """The transaction of one sync. Full when there is no usable memory (first sync, config change)."""
+    """The transaction of one sync: full without usable memory (first sync, config change),
+    else partial: only the service ports whose Service changed are rewritten."""
     cfg = Config.of(state, counters)
-    tx = Transaction(counters)
-    full = memory is None or memory.config != cfg.digest()
-    old = Memory() if memory is None else memory
-    services = list(state.services.values())
-    digests = {}
-    changed_ns: set[str] = set()
-    for svc in services:
-        k = _key(svc)
-        d = service_digest(svc, state.endpoints.get(svc.name, []))
-        digests[k] = d
-        prev = old.services.get(k)
-        if prev is None or prev.digest != d:
-            changed_ns.add(svc.name.namespaced_name)
-    current = set(digests)
-    changed_ns.update(e.namespaced for k, e in old.services.items() if k not in current)
-
+    config = cfg.digest()
+    full = memory is None or memory.config() != config
+    keyed = [(f"{s.name}/{s.protocol}", s) for s in state.services.values()]
+    eps = state.endpoints
+    digests = {k: service_digest(s, eps.get(s.name, [])) for k, s in keyed}
+    old_digests = {} if memory is None else memory.digests()
+    removed = [k for k in old_digests if k not in digests]
     if full:
-        services.sort(key=lambda s: (s.name.namespace, s.name.name, s.name.port, s.protocol))
+        rewrite = sorted(
+            keyed, key=lambda ks: (ks[1].name.namespace, ks[1].name.name, ks[1].name.port, ks[1].protocol)
+        )
+        old = {} if memory is None else memory.entries()
+    else:
+        old = memory.entries(removed) if memory is not None else {}
+        changed_ns = {s.name.namespaced_name for k, s in keyed if old_digests.get(k) != digests[k]}
+        changed_ns.update(e.namespaced for e in old.values())
+        rewrite = [(k, s) for k, s in keyed if s.name.namespaced_name in changed_ns]
+        old.update(memory.entries(k for k, _ in rewrite if k in old_digests) if memory is not None else {})
+    tx = Transaction(counters)
+    if full:
         write_skeleton(tx, cfg, recreate_base=memory is None)
     active: set[str] = set()
-    entries: dict[str, ServiceEntry] = {}
-    changed = 0
-    for svc in services:
-        k = _key(svc)
-        prev = old.services.get(k)
-        if not full and prev is not None and svc.name.namespaced_name not in changed_ns:
-            entries[k] = prev
-            active.update(prev.chains)
-            continue
-        entry = write_service(tx, svc, state.endpoints.get(svc.name, []), cfg, True, active)
+    new: dict[Key, ServiceEntry] = {}
+    for k, svc in rewrite:
+        entry = write_service(tx, svc, eps.get(svc.name, []), cfg, True, active)
         if entry is not None:
             entry.digest = digests[k]
-            entries[k] = entry
-            changed += 1
-
-    # Elements: full syncs add all of them to the flushed maps, partial ones diff (upstream's
-    # nftElementStorage ensureElem / cleanupLeftoverKeys).
-    want = _elements(entries.values())
-    have = {} if full else _elements(old.services.values())
-    adds, deletes = [], []
-    for (container, key), (value, comment) in want.items():
-        before = have.get((container, key))
-        if before is None or before[0] != value:
-            if before is not None:
-                deletes.append((container, key))
-            adds.append((container, key, value, comment))
-    deletes += [ck for ck in have if ck not in want]
+            new[k] = entry
+    delta = Delta(config, full, new, removed + [k for k, _ in rewrite if k not in new and k in old_digests])
 
     # Stale chains: flushed now, deleted in a sync more than STALE_SECONDS later.
     ex = existing or Existing()
-    known = set(ex.chains) | set(old.stale)
-    for e in old.services.values():
+    known = set(ex.chains)
+    for e in old.values():
         known.update(e.chains)
-    stale = {c: t for c, t in old.stale.items() if c not in active}
+    stale = {} if memory is None else memory.stale()
+    stale = {c: t for c, t in stale.items() if c not in active}
     delete_now = sorted(c for c, t in stale.items() if now - t > STALE_SECONDS)
     for c in sorted(known - active - set(stale)):
         tx.flush("chain", c)
         stale[c] = now
     for c in delete_now:
         del stale[c]
-    sets_before = set(ex.affinity_sets)
-    for e in old.services.values():
-        sets_before.update(e.affinity_sets)
-    sets_now = {s for e in entries.values() for s in e.affinity_sets}
-    for s in sorted(sets_before - sets_now):
+    delta.stale = stale
+    sets_before = set(ex.affinity_sets).union(*(e.affinity_sets for e in old.values()))
+    for s in sorted(sets_before.difference(*(e.affinity_sets for e in new.values()))):
         tx.delete("set", s)
-    for container, key in deletes:
-        tx.element("delete", container, key)
-    for container, key, value, comment in adds:
-        tx.element("add", container, key, value, comment or None)
-    if delete_now:  # last, so a failure here is told apart (see sync)
+    _diff_elements(tx, delta, old, new, memory)
+    if delete_now:
         tx.note(f"stale chains flushed more than {STALE_SECONDS:.0f} s ago")
         for c in delete_now:
             tx.delete("chain", c)
-    return Plan(tx, Memory(cfg.digest(), entries, stale), full, changed)
+    return Plan(tx, delta, full, len(new))
 
 
-def _elements(entries: Iterable[ServiceEntry]) -> dict[tuple[str, str], tuple[str, str]]:
-    out: dict[tuple[str, str], tuple[str, str]] = {}
-    for e in entries:
-        for container, key, value, comment in e.elements:
-            out[(container, key)] = (value, comment)
-    return out
+def _diff_elements(
+    tx: Transaction,
+    delta: Delta,
+    old: dict[Key, ServiceEntry],
+    new: dict[Key, ServiceEntry],
+    memory: Memory | None,
+) -> None:
+    """Full syncs add every element to the flushed maps; partial ones add, replace and delete
+    only what changed (upstream's nftElementStorage), counting owners so a shared key stays."""
+    before: dict[ElementKey, tuple[str, str, int]] = {}
+    after: dict[ElementKey, list[Any]] = {}
+    if not delta.full and memory is not None:
+        touched = {f"{c}\t{k}" for e in (*old.values(), *new.values()) for c, k, _, _ in e.elements}
+        before = memory.elements(touched)
+        after = {ck: list(v) for ck, v in before.items()}
+        for e in old.values():
+            for c, k, _, _ in e.elements:
+                after[f"{c}\t{k}"][2] -= 1
+    for e in new.values():
+        for c, k, value, comment in e.elements:
+            row = after.setdefault(f"{c}\t{k}", [value, comment, 0])
+            row[0], row[1], row[2] = value, comment, max(row[2], 0) + 1
+    for ck, row in after.items():
+        was = before.get(ck)
+        if row[2] <= 0:
+            delta.elements[ck] = None
+            if was is not None:
+                tx.element("delete", *ck.split("\t", 1))
+            continue
+        delta.elements[ck] = (row[0], row[1], row[2])
+        if was is not None and was[0] == row[0]:
+            continue
+        container, key = ck.split("\t", 1)
+        if was is not None:
+            tx.element("delete", container, key)
+        tx.element("add", container, key, row[0], row[1] or None)
 
 
 def _existing(netns: str) -> Existing:
@@ -234,22 +338,17 @@ class NftablesProxier(Proxier):
     def _memory_path(self) -> Path:
         return Path(self.ctx.state_dir) / MEMORY_FILE
 
-    def _load(self) -> Memory | None:
-        try:
-            mem = pickle.loads(self._memory_path.read_bytes())
-        except (OSError, pickle.UnpicklingError, EOFError, AttributeError, TypeError):
-            return None
-        return mem if isinstance(mem, Memory) and mem.version == MEMORY_VERSION else None
-
-    def _save(self, mem: Memory | None) -> None:
+    def _memory(self) -> Memory:
         path = self._memory_path
-        if mem is None:
-            path.unlink(missing_ok=True)
-            return
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_bytes(pickle.dumps(mem, protocol=pickle.HIGHEST_PROTOCOL))
-        os.replace(tmp, path)
+        try:
+            return Memory(path)
+        except sqlite3.DatabaseError:  # not ours, or damaged: start over with a full sync
+            path.unlink(missing_ok=True)
+            return Memory(path)
+
+    def _forget(self) -> None:
+        self._memory_path.unlink(missing_ok=True)
 
     def _load_tx(self, text: str) -> None:
         run(["nft", "-f", "-"], netns=self.ctx.netns, input=text, timeout=600)
@@ -258,23 +357,22 @@ class NftablesProxier(Proxier):
         """One `nft -f` transaction; if it fails, one full sync from what the kernel holds."""
         start = time.monotonic()
         counters = bool(self.ctx.options.get("counters", True))
-        memory = self._load()
-        p = plan(
-            state,
-            memory,
-            now=time.time(),
-            counters=counters,
-            existing=_existing(self.ctx.netns) if memory is None else None,
-        )
+        memory = self._memory()
         try:
-            self._load_tx(p.tx.text())
-        except ProxierError:
-            if memory is None:
-                raise
-            self._save(None)  # like upstream's needFullSync after a failed sync
-            p = plan(state, None, now=time.time(), counters=counters, existing=_existing(self.ctx.netns))
-            self._load_tx(p.tx.text())
-        self._save(p.memory)
+            usable = memory if memory.config() is not None else None
+            existing = _existing(self.ctx.netns) if usable is None else None
+            p = plan(state, usable, now=time.time(), counters=counters, existing=existing)
+            try:
+                self._load_tx(p.tx.text() if p.full else CANARY + p.tx.text())
+            except ProxierError:
+                if usable is None:
+                    raise
+                # like upstream's needFullSync after a failed sync: start from what the kernel has
+                p = plan(state, None, now=time.time(), counters=counters, existing=_existing(self.ctx.netns))
+                self._load_tx(p.tx.text())
+            memory.commit(p.delta)
+        finally:
+            memory.close()
         return SyncResult(
             full=p.full, changed_services=p.changed, seconds=time.monotonic() - start, size=p.tx.ops
         )
@@ -287,12 +385,19 @@ class NftablesProxier(Proxier):
                 f"nft delete table {FAMILY} {TABLE} in {self.ctx.netns} failed: {res.stderr.strip()}",
                 res.stderr.splitlines(),
             )
-        self._save(None)
+        self._forget()
 
     def rules(self) -> dict[str, Any]:
         from kplab.proxy.nftables_view import read_back
 
-        return read_back(self.ctx.netns, self._load())
+        pods: dict[str, str] = {}
+        if self._memory_path.exists():
+            memory = self._memory()
+            try:
+                pods = {addr: pod for e in memory.entries().values() for addr, pod in e.pods}
+            finally:
+                memory.close()
+        return read_back(self.ctx.netns, pods)
 
     @classmethod
     def doctor(cls) -> Availability:

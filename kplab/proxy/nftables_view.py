@@ -13,13 +13,10 @@ from __future__ import annotations
 
 import json
 import re
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from kplab.cluster.run import run
 from kplab.proxy.nftables_rules import BASE_CHAINS, FAMILY, TABLE
-
-if TYPE_CHECKING:
-    from kplab.proxy.nftables import Memory
 
 NAME = re.compile(r"^(service|local|external|firewall|endpoint)-[A-Z2-7]{8}-(.+)$")
 HANDLE = re.compile(r"^(.*?)\s*# handle (\d+)$")
@@ -96,13 +93,8 @@ def _texts(netns: str) -> dict[int, str]:
     return out
 
 
-def _pods(memory: Memory | None) -> dict[str, str]:
-    if memory is None:
-        return {}
-    return {addr: pod for e in memory.services.values() for addr, pod in e.pods}
-
-
-def read_back(netns: str, memory: Memory | None) -> dict[str, Any]:
+def read_back(netns: str, pods: dict[str, str]) -> dict[str, Any]:
+    """The table in `netns`; `pods` names the pod behind each endpoint "ip:port"."""
     res = run(["nft", "-j", "list", "table", FAMILY, TABLE], netns=netns, check=False)
     if not res.ok:
         return {
@@ -116,7 +108,6 @@ def read_back(netns: str, memory: Memory | None) -> dict[str, Any]:
         }
     objects = json.loads(res.stdout).get("nftables", [])
     texts = _texts(netns)
-    pods = _pods(memory)
     chains: dict[str, dict[str, Any]] = {}
     sets: dict[str, list[str]] = {}
     maps: dict[str, list[dict[str, str]]] = {}

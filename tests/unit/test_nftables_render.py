@@ -147,13 +147,13 @@ def test_sync_proxy_rules_repeated():
     elements, flush stale chains and delete them in a sync more than a second later."""
     objects = yaml.safe_load((DATA / "repeated" / "objects.yaml").read_text())
     spec = yaml.safe_load((DATA / "repeated" / "steps.yaml").read_text())
-    rs, memory, now = Ruleset(), None, 1000.0
+    rs, memory, now = Ruleset(), Memory(), 1000.0
     for i, step in enumerate(spec["steps"]):
         if step.get("age"):
             now += 2.0
         p = plan(state_of([objects[n] for n in step["objects"]]), memory, now=now)
         ops = rs.apply(p.tx.text())
-        memory = p.memory
+        memory.commit(p.delta)
         where = f"step {i} ({step['name']})"
         if "expected" in step:
             want = BASE + "".join(spec["blocks"][b] for b in step["expected"])
@@ -162,7 +162,7 @@ def test_sync_proxy_rules_repeated():
             assert ops == step["ops"] + step.get("stale_deleted", 0), where
             assert not p.full and (ops == 0) == (not p.tx.ops), where
         if "stale" in step:
-            assert sorted(memory.stale) == sorted(step["stale"]), where
+            assert sorted(memory.stale()) == sorted(step["stale"]), where
         now += 0.1
 
 
@@ -178,16 +178,17 @@ def test_first_sync_flushes_leftovers_it_finds():
     text = p.tx.text()
     assert f"flush chain ip kube-proxy {leftover}\n" in text
     assert "delete set ip kube-proxy affinity-AAAAAAAA-old/svc/tcp/p80__1.2.3.4/80\n" in text
-    assert p.memory.stale == {leftover: 5.0}
+    assert p.delta.stale == {leftover: 5.0}
 
 
 def test_config_change_forces_full_sync():
     state = load_state(DATA / "overall" / "manifests.yaml")
-    first = plan(state, None, now=0.0)
-    again = plan(state, first.memory, now=1.0)
+    memory = Memory()
+    memory.commit(plan(state, None, now=0.0).delta)
+    again = plan(state, memory, now=1.0)
     assert not again.full and again.tx.ops == 0
     state.masquerade_all = True
-    changed = plan(state, first.memory, now=2.0)
+    changed = plan(state, memory, now=2.0)
     assert changed.full and changed.changed == len(state.services)
 
 
@@ -205,10 +206,12 @@ def test_nodeport_addresses():
     assert rs.trace("203.0.113.2", "tcp", "192.168.1.2", 3001, NODE_IPS)[0] == "10.180.0.1:80, 10.180.2.1:80"
 
 
-def test_memory_survives_pickling(tmp_path: Path):
-    import pickle
-
+def test_memory_is_a_file_that_outlives_the_process(tmp_path: Path):
+    """The CLI and a notebook are separate processes: the next sync reads what the last one left."""
     state = load_state(DATA / "overall" / "manifests.yaml")
-    mem = plan(state, None, now=0.0).memory
-    back = pickle.loads(pickle.dumps(mem))
-    assert isinstance(back, Memory) and plan(state, back, now=1.0).tx.ops == 0
+    first = Memory(tmp_path / "m.sqlite")
+    first.commit(plan(state, None, now=0.0).delta)
+    first.close()
+    again = Memory(tmp_path / "m.sqlite")
+    assert plan(state, again, now=1.0).tx.ops == 0
+    assert len(again.digests()) == len(state.services)
