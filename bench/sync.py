@@ -54,9 +54,20 @@ def load_iptables(text: str, netns: str, options: dict[str, str]) -> None:
     subprocess.run([*ns, restore, "-w", "5", "--noflush", "--counters"], input=text, text=True, check=True)
 
 
+def prepare_nothing(text: str, netns: str, options: dict[str, str]) -> None:
+    """The nftables input needs nothing from the node beyond the netns."""
+
+
+def load_nftables(text: str, netns: str, options: dict[str, str]) -> None:
+    subprocess.run(["nsenter", f"--net=/run/netns/{netns}", "--", "nft", "-f", "-"], input=text, text=True, check=True)
+
+
 Loader = Callable[[str, str, dict[str, str]], None]
 # mode -> (untimed preparation of the raw netns, timed raw load of kplab's exact input)
-RAW_LOADERS: dict[str, tuple[Loader, Loader]] = {"iptables": (prepare_iptables, load_iptables)}
+RAW_LOADERS: dict[str, tuple[Loader, Loader]] = {
+    "iptables": (prepare_iptables, load_iptables),
+    "nftables": (prepare_nothing, load_nftables),
+}
 
 
 def synthetic_state(services: int, endpoints: int) -> ProxyState:

@@ -59,7 +59,8 @@ def hash_and_truncate(name: str) -> str:
     >>> hash_and_truncate("ns1/svc1/tcp/p80")
     'ULMVA6XW-ns1/svc1/tcp/p80'
     """
-    hashed = _b32sha256(name)[:NFT_HASH_LEN] + "-" + name
+    # the first 8 base32 characters encode exactly the first 5 bytes of the digest
+    hashed = base64.b32encode(hashlib.sha256(name.encode()).digest()[:5]).decode() + "-" + name
     return hashed if len(hashed) <= NFT_NAME_MAX else hashed[: NFT_NAME_MAX - 3] + "..."
 
 

@@ -352,6 +352,8 @@ class NftablesProxier(Proxier):
 
     def _load_tx(self, text: str) -> None:
         run(["nft", "-f", "-"], netns=self.ctx.netns, input=text, timeout=600)
+        if self.ctx.options.get("keep_input"):  # bench/sync replays exactly what was loaded
+            (Path(self.ctx.state_dir) / "last-input.txt").write_text(text)
 
     def sync(self, state: ProxyState) -> SyncResult:
         """One `nft -f` transaction; if it fails, one full sync from what the kernel holds."""

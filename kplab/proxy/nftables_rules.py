@@ -16,6 +16,7 @@ import marshal
 import sys
 from dataclasses import dataclass
 
+from kplab.errors import KplabError
 from kplab.proxy.core import MASQ_MARK, Endpoint, ProxyState, ServicePort, categorize_endpoints
 from kplab.proxy.naming import hash_and_truncate, nft_endpoint_base, nft_service_base
 
@@ -134,8 +135,10 @@ class Config:
     def of(cls, state: ProxyState, counters: bool) -> Config:
         return cls(
             node_ip=state.node_ips[0] if state.node_ips else "",
-            local_cidr=_cidr(state.cluster_cidr) or "",
-            service_cidrs=",".join(c for c in (_cidr(s) for s in state.service_cidr.split(",")) if c),
+            local_cidr=_flag_cidr(state.cluster_cidr, "--cluster-cidr") or "",
+            service_cidrs=",".join(
+                c for c in (_flag_cidr(s, "--service-cidr") for s in state.service_cidr.split(",")) if c
+            ),
             nodeport_ips=_nodeport_ips(state),
             masquerade_all=state.masquerade_all,
             counters=counters,
@@ -166,12 +169,26 @@ def _cidr(text: str) -> str | None:
     return str(ipaddress.ip_network(f"{ip}/{int(bits)}", strict=False))
 
 
+def _flag_cidr(text: str, flag: str) -> str | None:
+    """A configured CIDR: IPv4 in canonical form, None when empty or IPv6 (the other family's)."""
+    if not text.strip():
+        return None
+    v4 = _cidr(text)
+    if v4 is not None:
+        return v4
+    try:
+        ipaddress.ip_network(text.strip(), strict=False)
+    except ValueError:
+        raise KplabError(f"{flag} {text.strip()!r} is not a CIDR (e.g. 10.244.0.0/16)") from None
+    return None
+
+
 def _nodeport_ips(state: ProxyState) -> tuple[str, ...] | None:
     """nftables mode's --nodeport-addresses: default "primary" (the node IP), CIDRs pick node IPs."""
     wanted = [a for a in state.nodeport_addresses if a.strip()]
     if not wanted or wanted == ["primary"]:
         return tuple(state.node_ips[:1])
-    nets = [ipaddress.ip_network(c, strict=False) for c in (_cidr(a) for a in wanted) if c]
+    nets = [ipaddress.ip_network(c) for c in (_flag_cidr(a, "--nodeport-addresses") for a in wanted) if c]
     if any(n.prefixlen == 0 for n in nets):
         return None
     ips = [ip for ip in state.node_ips if any(ipaddress.ip_address(ip) in n for n in nets)]

@@ -14,6 +14,7 @@ import pytest
 import yaml
 from nftables_upstream import DATA, NODE_IPS, Ruleset, load_state, normalize, state_of
 
+from kplab.errors import KplabError
 from kplab.proxy.naming import hash_and_truncate, nft_endpoint_base, nft_service_base
 from kplab.proxy.nftables import Memory, NftablesProxier, plan
 
@@ -215,3 +216,13 @@ def test_memory_is_a_file_that_outlives_the_process(tmp_path: Path):
     again = Memory(tmp_path / "m.sqlite")
     assert plan(state, again, now=1.0).tx.ops == 0
     assert len(again.digests()) == len(state.services)
+
+
+@pytest.mark.parametrize(
+    "field,value",
+    [("nodeport_addresses", ("10.0.0/8x",)), ("cluster_cidr", "banana"), ("service_cidr", "10.96.0.0/99")],
+)
+def test_bad_configuration_is_one_clear_error(field, value):
+    state = load_state(DATA / "node-ports" / "manifests.yaml", **{field: value})
+    with pytest.raises(KplabError, match="is not a CIDR"):
+        NftablesProxier.render(state)
