@@ -87,11 +87,9 @@ class Trace:
         if self.error:
             out.append(f"no answer: {self.error}")
         if self.consistent is not None:
-            out.append(
-                "the NAT decision and the answering backend agree"
-                if self.consistent
-                else "! the NAT decision and the answering backend DISAGREE"
-            )
+            what = "the proxy's own connection" if self.nat.startswith("REDIRECT") else "the NAT decision"
+            agree = "agree" if self.consistent else "DISAGREE"
+            out.append(f"{'' if self.consistent else '! '}{what} and the answering backend {agree}")
         out += [f"note: {n}" for n in self.notes]
         last = None
         if self.hops:
@@ -142,6 +140,8 @@ class Monitor:
                 self.proc.kill()
                 self.proc.wait(2)
         self.reader.join(2)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
 
 
 def _settle(monitors: list[Monitor], limit: float = 2.0) -> None:
@@ -360,24 +360,22 @@ def trace(lab: Any, frm: str, target: str, timeout: float = 3.0) -> Trace:
 
 
 def _conntrack(lab: Any, res: Trace, flow: Flow) -> None:
-    """The flow's entries on every node (and the proxy's own connection in userspace mode)."""
-    backend_ip = str((res.answer or {}).get("pod_ip", ""))
+    """The flow's entries on every node, and the proxy's own connection in userspace mode.
+
+    The backend's answer names the source it saw, which identifies the proxy's connection.
+    """
+    a = res.answer or {}
+    seen_as = (str(a.get("client_ip", "")), int(a.get("client_port") or 0))
     for node in lab.nodes:
         with contextlib.suppress(EnvironmentProblem):
             for e in conntrack.entries(lab.netns(node)):
-                ours = (
-                    e.proto == flow.proto
-                    and e.original.sport == flow.sport
-                    and (not flow.src or e.original.src == flow.src)
+                if e.proto != flow.proto:
+                    continue
+                ours = e.original.sport == flow.sport and (not flow.src or e.original.src == flow.src)
+                proxy = (e.original.src, e.original.sport) == seen_as and (
+                    e.original.src != flow.src or not ours
                 )
-                hop = (
-                    lab.mode == "userspace"
-                    and backend_ip
-                    and e.original.dst == backend_ip
-                    and e.proto == flow.proto
-                    and e.original.src == lab.node_ip(node)
-                )
-                if ours or hop:
+                if ours or (proxy and lab.mode == "userspace"):
                     res.conntrack.append(e)
                     if ours and not res.decided_on and e.dnat:
                         res.decided_on = node

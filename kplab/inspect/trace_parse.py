@@ -66,6 +66,12 @@ class Visit:
     hops: list[Hop] = field(default_factory=list)
 
 
+def _comment_name(rule: str) -> str:
+    """The Service a rule's comment names (upstream's comments start with ns/name:port)."""
+    m = re.search(r'(?:--comment|comment) "?([a-z0-9][-a-z0-9.]*/[a-z0-9][-a-z0-9.]*(?::[-a-z0-9]*)?)', rule)
+    return m.group(1) if m else ""
+
+
 def packet_summary(packet: str) -> str:
     """The addresses of a traced packet, short: "cni0->eth0 10.244.1.3:4711 > 10.96.0.20:80 SYN"."""
     xt = dict(re.findall(r"\b(IN|OUT|SRC|DST|SPORT|DPORT|PROTO)=(\S*)", packet))
@@ -188,5 +194,8 @@ def decision(hops: list[Hop], labels: dict[str, str] | None = None) -> tuple[lis
             if h.verdict in ("JUMP", "GOTO") and h.target:
                 path.append(f"{h.target} ({labels[h.target]})" if labels.get(h.target) else h.target)
         final = last.nat or f"{last.verdict or 'end'} in {last.chain}"
+        who = _comment_name(last.rule)
+        if who and not (last.note or labels.get(last.chain)):
+            final += f" ({who})"
         return path + [final], last.nat, v.node
     return [], "", ""

@@ -106,9 +106,13 @@ def _paths(lab: Any, name: str) -> tuple[Path, Path, Path]:
 
 def _request(sock_path: Path, req: dict[str, Any], timeout: float) -> socket.socket:
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    s.settimeout(timeout)
-    s.connect(str(sock_path))
-    s.sendall(json.dumps(req).encode() + b"\n")
+    try:
+        s.settimeout(timeout)
+        s.connect(str(sock_path))
+        s.sendall(json.dumps(req).encode() + b"\n")
+    except BaseException:
+        s.close()
+        raise
     return s
 
 

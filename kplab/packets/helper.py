@@ -30,14 +30,22 @@ import time
 from typing import Any
 
 from scapy.all import (  # type: ignore[attr-defined]
+    ARP,
     ICMP,
     IP,
     TCP,
     UDP,
     AsyncSniffer,
+    CookedLinux,
+    Ether,
+    ICMPerror,
+    IPerror,
     L3RawSocket,
     Packet,
+    Padding,
     Raw,
+    TCPerror,
+    UDPerror,
     conf,
     get_if_list,
     sr1,
@@ -46,6 +54,11 @@ from scapy.all import (  # type: ignore[attr-defined]
 VERSION = str(os.path.getmtime(__file__))  # the client restarts a helper running older code
 conf.verb = 0
 conf.L3socket = L3RawSocket  # the kernel routes and resolves neighbours, as for any program in the netns
+# Dissect only what a Service speaks here: payloads stay Raw whatever the port (scapy would read a
+# reply from port 53 as DNS and then not match it to our datagram).
+conf.layers.filter(
+    [Ether, CookedLinux, ARP, IP, TCP, UDP, ICMP, IPerror, TCPerror, UDPerror, ICMPerror, Raw, Padding]
+)
 
 ICMP_TYPES = {0: "echo-reply", 3: "dest-unreach", 8: "echo-request", 11: "time-exceeded"}
 ICMP_UNREACH = {

@@ -15,7 +15,7 @@ from kplab.inspect.explain import Catalog, DumpError, detect, explain, explain_f
 from kplab.inspect.views import cascade_shares
 from kplab.proxy.core import Endpoint, ProxyState, ServicePort, ServicePortName
 
-DUMPS = Path("/work/shared/real-dumps")
+DUMPS = Path(__file__).resolve().parents[3] / "shared" / "real-dumps"
 DATA = Path(__file__).parent / "data"
 needs_dumps = pytest.mark.skipif(not DUMPS.is_dir(), reason="shared real dumps not on this machine")
 
