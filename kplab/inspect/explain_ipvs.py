@@ -1,4 +1,4 @@
-"""Explain `ipvsadm -Ln` output of kube-proxy's IPVS mode.
+"""Explain `ipvsadm -Ln` (or `ipvsadm -Sn`) output of kube-proxy's IPVS mode.
 
 IPVS carries no names: one Service port is N virtual servers (ClusterIP, each external/LB
 IP, one per node IP for a NodePort), each endpoint a real server.  Without `--services`,
@@ -49,10 +49,39 @@ class VirtualServer:
         return f"{self.ip}:{self.port}"
 
 
+_SAVE_VS = re.compile(r"^-A\s+-(t|u|-sctp-service)\s+(\S+):(\d+)\s+-s\s+(\S+)(.*)$")
+_SAVE_RS = re.compile(r"^-a\s+-(t|u|-sctp-service)\s+(\S+):(\d+)\s+-r\s+(\S+):(\d+)\s+-([mgi])\s+-w\s+(\d+)")
+_SAVE_PROTO = {"t": "TCP", "u": "UDP", "-sctp-service": "SCTP"}
+_SAVE_FWD = {"m": "Masq", "g": "Route", "i": "Tunnel"}
+
+
+def _parse_save(line: str, out: list[VirtualServer]) -> None:
+    """`ipvsadm -Sn` / `ipvsadm --restore` lines (what the IPVS mode's render shows)."""
+    m = _SAVE_VS.match(line)
+    if m:
+        proto, ip, port, sched, flags = m.groups()
+        pm = re.search(r"-p\s+(\d+)", flags)
+        out.append(
+            VirtualServer(_SAVE_PROTO[proto], ip.strip("[]"), int(port), sched, int(pm.group(1)) if pm else 0)
+        )
+        return
+    m = _SAVE_RS.match(line)
+    if m:
+        proto, ip, port, rip, rport, fwd, w = m.groups()
+        key = (_SAVE_PROTO[proto], ip.strip("[]"), int(port))
+        vs = next((v for v in out if (v.protocol, v.ip, v.port) == key), None)
+        if vs is not None:
+            vs.reals.append(RealServer(f"{rip}:{rport}", _SAVE_FWD[fwd], int(w), 0, 0))
+
+
 def parse(text: str) -> list[VirtualServer]:
+    """`ipvsadm -Ln` listings and `ipvsadm -Sn` saves alike."""
     out: list[VirtualServer] = []
     for raw in text.splitlines():
         line = raw.strip()
+        if line.startswith(("-A ", "-a ")):
+            _parse_save(line, out)
+            continue
         m = _VS.match(line)
         if m:
             proto, ip, port, sched, flags = m.groups()
@@ -68,7 +97,7 @@ def parse(text: str) -> list[VirtualServer]:
 
 def looks_like(text: str) -> bool:
     return "IP Virtual Server" in text or bool(
-        re.search(r"^(TCP|UDP|SCTP)\s+\S+:\d+\s+\w+", text, re.MULTILINE)
+        re.search(r"^(TCP|UDP|SCTP)\s+\S+:\d+\s+\w+|^-A\s+-[tu]\s+\S+:\d+\s+-s\s", text, re.MULTILINE)
     )
 
 

@@ -523,3 +523,53 @@ def test_upstream_iptables_golden_files_resolve(path):
     assert not [a for a in ex.all_anomalies() if "hash" in a or "reached by no" in a]
     if not path.name[0].isdigit():  # numbered files are partial restores: chains already in the kernel
         assert not [a for a in ex.anomalies if "not in this dump" in a]
+
+
+@pytest.mark.parametrize("local_policy", [False, True], ids=["cluster", "local"])
+def test_our_nftables_render_every_chain_resolves(local_policy):
+    from kplab.errors import KplabError
+    from kplab.proxy.base import proxier_class
+
+    try:
+        cls = proxier_class("nftables")
+    except KplabError:
+        pytest.skip("nftables mode not in this kplab")
+    state = _lab_state(local_policy)
+    ex = explain(cls.render(state))
+    assert ex.format == "nftables" and ex.anomalies == []
+    for s in ex.services:
+        key = next(k for k in state.services if str(k) == s.name and k.protocol == s.protocol)
+        if s.chains:
+            assert s.name_from == "chain name, hash checked"
+        want = {e.address for e in state.endpoints_of(key)}
+        assert {e.address for e in s.endpoints} == want
+        for e in s.endpoints + s.local_endpoints:  # every endpoint chain is the endpoint it says
+            assert e.chain.endswith(f"__{e.address.replace(':', '/')}")
+    web = ex.service("default/web:http")
+    assert [round(e.share) for e in web.endpoints] == [25] * 4
+    assert web.external_policy == ("Local" if local_policy else "Cluster")
+    assert len(web.local_endpoints) == (2 if local_policy else 0)
+    assert ex.service("shop/cart").affinity_seconds == 600
+    assert "REJECT" in ex.service("shop/empty:api").no_endpoints
+
+
+def test_our_ipvs_render_resolves_with_services():
+    from kplab.errors import KplabError
+    from kplab.proxy.base import proxier_class
+
+    try:
+        cls = proxier_class("ipvs")
+    except KplabError:
+        pytest.skip("ipvs mode not in this kplab")
+    state = _lab_state()
+    catalog = Catalog()
+    for key, sp in state.services.items():
+        catalog.add(sp, state.endpoints_of(key))
+    ex = explain(cls.render(state), catalog)
+    assert ex.format == "ipvs" and ex.anomalies == []
+    web = ex.service("default/web:http", "TCP")
+    assert {e.kind for e in web.entries} == {"ClusterIP", "NodePort"}
+    assert [e.pod for e in web.endpoints] == ["web-12", "web-13", "web-22", "web-23"]
+    cart = ex.service("shop/cart")
+    assert cart.affinity_seconds == 600 and {e.kind for e in cart.entries} == {"ClusterIP", "ExternalIP"}
+    assert ex.service("shop/empty:api").endpoints == []
