@@ -130,6 +130,7 @@ def register(app: typer.Typer) -> None:
     def jupyter_lab(
         port: Annotated[int, typer.Option("--port", help="port on 127.0.0.1 (the next free one if taken)")] = 8888,
         token: Annotated[str | None, typer.Option("--token", help="default: $KPLAB_TOKEN or a random one")] = None,
+        notebooks: Annotated[Path | None, typer.Option("--notebooks", help="serve this folder (default: labs/)")] = None,
     ) -> None:
         """Make sure the lab is up, then serve the notebooks in labs/ with JupyterLab on 127.0.0.1."""
         from kplab.errors import EnvironmentProblem, KplabError
@@ -150,7 +151,7 @@ def register(app: typer.Typer) -> None:
         token = token or os.environ.get("KPLAB_TOKEN") or secrets.token_hex(16)
         typer.echo(f"JupyterLab: http://127.0.0.1:{port}/lab?token={token}")
         sys.stdout.flush()
-        argv = [jupyter, "lab", f"--ServerApp.root_dir={LABS}", "--ServerApp.ip=127.0.0.1",
+        argv = [jupyter, "lab", f"--ServerApp.root_dir={notebooks or LABS}", "--ServerApp.ip=127.0.0.1",
                 f"--ServerApp.port={port}", "--ServerApp.port_retries=0", f"--IdentityProvider.token={token}",
                 "--ServerApp.open_browser=False", "--allow-root"]
         os.execve(jupyter, argv, {**os.environ, "KPLAB_LAB": current_lab()})

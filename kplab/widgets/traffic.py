@@ -31,7 +31,8 @@ class Traffic(w.VBox):
         self.frm = w.Text(value=frm, description="from", layout=w.Layout(width="220px"))
         self.target = w.Text(value=target, description="to", layout=w.Layout(width="260px"))
         self.n = w.BoundedIntText(value=n, min=1, max=2000, description="requests", layout=w.Layout(width="180px"))
-        self.button = w.Button(description=f"send {n} requests", button_style="primary", icon="paper-plane")
+        self.button = w.Button(description=f"send {n} requests", button_style="primary", icon="paper-plane",
+                               layout=w.Layout(width="190px"))
         self.n.observe(lambda ch: setattr(self.button, "description", f"send {ch['new']} requests"), names="value")
         self.button.on_click(lambda _: self.send())
         self.bars = w.VBox()
