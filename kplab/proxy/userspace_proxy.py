@@ -33,6 +33,7 @@ import argparse
 import asyncio
 import json
 import os
+import resource
 import signal
 import socket
 import sys
@@ -178,6 +179,17 @@ def control_path(state_dir: Path) -> Path:
     return state_dir / CONTROL_SOCKET
 
 
+def raise_fd_limit(want: int = 64_000) -> None:
+    """Six descriptors per relayed connection (two sockets, two pipes): lift the usual 1024, as upstream."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    for limits in ((max(soft, want), max(hard, want)), (max(soft, min(hard, want)), hard)):
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, limits)
+            return
+        except (ValueError, OSError):
+            continue
+
+
 def launch_argv(state_dir: Path) -> list[str]:
     """How sync() starts a node's proxy: this file by path (standard library only), detached."""
     return [sys.executable, "-s", "-E", str(Path(__file__).resolve()), "--state-dir", str(state_dir), "--daemon"]
@@ -222,6 +234,7 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(logfd, 2)
         os.close(devnull)
         os.close(logfd)
+    raise_fd_limit()
     (state_dir / PID_FILE).write_text(f"{os.getpid()}\n")
     log(f"userspace proxy {os.getpid()} starting in {state_dir}")
 

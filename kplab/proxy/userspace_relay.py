@@ -36,6 +36,7 @@ CHUNK = 1 << 16  # bytes per splice call: a default pipe's capacity
 SPLICE_FLAGS = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
 ACCEPT_BATCH = 64  # connections accepted per readiness event before yielding to the loop
 UDP_BATCH = 64  # datagrams relayed per readiness event
+ACCEPT_PAUSE = 0.1  # seconds without accepting after running out of file descriptors
 PIPE_POOL_MAX = 256
 
 
@@ -148,6 +149,10 @@ class Service:
         for ep in [e for e, s in self.stats.items() if e not in endpoints and not s.active]:
             del self.stats[ep]
 
+    def resume(self) -> None:
+        if self.sock.fileno() >= 0:
+            self.loop.add_reader(self.sock.fileno(), self.on_accept)
+
     def close(self) -> None:
         """Stop accepting; open TCP connections are left to finish (as upstream)."""
         self.loop.remove_reader(self.sock.fileno())
@@ -167,6 +172,9 @@ class Service:
                 return
             except OSError as e:
                 log(f"{self.name}: accept: {e}")
+                if e.errno in (errno.EMFILE, errno.ENFILE):  # out of fds: pause, or the loop would spin
+                    self.loop.remove_reader(self.sock.fileno())
+                    self.loop.call_later(ACCEPT_PAUSE, self.resume)
                 return
             conn.setblocking(False)
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

@@ -242,3 +242,22 @@ def test_stop_checks_the_cmdline_and_the_proxy_exits_without_its_state_dir(tmp_p
     assert stop_proxies_under(lab) == 1  # what `kplab clean` calls for a crashed lab
     assert proxy_pid(nodes[0]) is None
     assert not Path(f"/proc/{pids[0]}/cmdline").exists() or not Path(f"/proc/{pids[0]}/cmdline").read_bytes()
+
+
+def test_hundreds_of_open_connections_at_once(proxy_dir: Path, backends: Backends) -> None:
+    port = free_port()
+    write_table(proxy_dir, [{"name": "default/cat", "protocol": "TCP", "proxy_port": port,
+                             "endpoints": [f"127.0.0.1:{p}" for p in backends.ports]}])
+    assert start(proxy_dir).returncode == 0
+    limit = Path(f"/proc/{proxy_pid(proxy_dir)}/limits").read_text()
+    assert int(next(line for line in limit.splitlines() if "open files" in line).split()[3]) >= 6 * 300
+    conns = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(300)]
+    try:
+        for i, c in enumerate(conns):
+            c.sendall(b"cat %d\n" % i)
+        assert [c.makefile("rb").readline() for c in conns] == [b"%d\n" % i for i in range(300)]
+        active = control(proxy_dir, {"op": "stats"})["services"][0]["endpoints"]
+        assert sorted(e["active"] for e in active.values()) == [100, 100, 100]
+    finally:
+        for c in conns:
+            c.close()
