@@ -170,6 +170,7 @@ class IptablesProxier(Proxier):
             local_addresses=tuple(data["addresses"]) if data.get("addresses") else None,
             changed=None if full else changed_services(data.get("digests", {}), digests),
             existing_chains=existing,
+            previous=None if full else data.get("annotations"),
         )
         ruleset = build(state, options)
         text = ruleset.text

@@ -57,6 +57,7 @@ class RenderOptions:
     )
     changed: set[str] | None = None  # namespaced names to rewrite; None: full sync
     existing_chains: Iterable[str] = ()  # nat chains now in the kernel: stale ones get deleted
+    previous: dict[str, list[str]] | None = None  # last sync's annotations: unchanged services' chains
 
 
 @dataclass
@@ -186,9 +187,12 @@ def build(state: ProxyState, options: RenderOptions | None = None) -> Ruleset:
     large = total_endpoints > LARGE_CLUSTER_ENDPOINTS
     out = Ruleset("", set(), large_cluster=large)
 
+    kept: set[str] = set()  # service ports whose chains stay as the last sync wrote them
     for svc in services:
         rewrite = opt.changed is None or svc.name.namespaced_name in opt.changed
         out.rewritten += rewrite
+        if not rewrite and opt.previous is not None:
+            kept.add(str(svc.name))
         _service(
             svc,
             state.endpoints_of(svc.name),
@@ -203,7 +207,12 @@ def build(state: ProxyState, options: RenderOptions | None = None) -> Ruleset:
             if_local=if_local,
             node_ip=node_ip,
             localhost_np=localhost_nodeports and opt.nfacct,
+            write=rewrite or opt.previous is None,
         )
+    for chain, note in (opt.previous or {}).items():
+        if note[0] in kept:
+            out.active_nat_chains.add(chain)
+            out.annotations[chain] = note
 
     for chain in sorted(set(opt.existing_chains) - out.active_nat_chains):
         if chain.startswith(SERVICE_CHAIN_PREFIXES):
@@ -255,6 +264,7 @@ def _service(
     if_local: list[str],
     node_ip: ipaddress.IPv4Address | ipaddress.IPv6Address | None,
     localhost_np: bool,
+    write: bool = True,
 ) -> None:
     """One service port: top-level rules into filter/top_rules, its own chains into nat_chains/nat_rules."""
     name = str(svc.name)
@@ -270,9 +280,6 @@ def _service(
         f"KUBE-EXT-{h}",
         f"KUBE-FW-{h}",
     )
-    seps = {
-        e.address: "KUBE-SEP-" + hash16(name + proto + e.address) for e in (*cat.all_reachable, *cat.local)
-    }
     external_ips = [ip for ip in (sloppy_ip(i) for i in svc.external_ips) if ip]
     lb_ips = [ip for ip in (sloppy_ip(i) for i in svc.load_balancer_ips) if ip]
     ranges = [c for c in (sloppy_cidr(r) for r in svc.load_balancer_source_ranges) if c is not None]
@@ -339,7 +346,12 @@ def _service(
         filter_rules.add("-A KUBE-NODEPORTS -m comment --comment", f'"{name} health check node port"',
                          "-m tcp -p tcp --dport", str(svc.health_check_node_port), "-j ACCEPT")  # fmt: skip
 
-    # The service's own chains (discarded on a partial sync when it did not change).
+    # The service's own chains: on a partial sync, an unchanged service's are the ones it had.
+    if not write:
+        return
+    seps = {
+        e.address: "KUBE-SEP-" + hash16(name + proto + e.address) for e in (*cat.all_reachable, *cat.local)
+    }
     if has_internal:
         args = ["-m comment --comment", f'"{name} cluster IP"', *match, "-d", cluster_ip, "--dport", port]
         if masquerade_all:

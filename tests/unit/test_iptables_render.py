@@ -52,20 +52,23 @@ def test_overall_iptables_rules():
     assert sort_rules(got) == (DATA / "overall" / "expected.txt").read_text()
 
 
-def test_sync_proxy_rules_repeated():
+@pytest.mark.parametrize("reuse", [False, True], ids=["recompute", "reuse-previous"])
+def test_sync_proxy_rules_repeated(reuse):
     """TestSyncProxyRulesRepeated: partial syncs (KEP-3453) write only the changed services'
-    chains and delete stale ones; step 9 is the full resync after a failed partial restore."""
+    chains and delete stale ones; step 9 is the full resync after a failed partial restore.
+    `reuse`: unchanged services' chains are taken from the last sync, as IptablesProxier does."""
     prev_digests: dict[str, str] = {}
     chains: set[str] = set()
+    previous = None
     for step in range(1, 10):
         state = load_state(DATA / "sync_repeated" / f"{step:02d}-manifests.yaml")
         digests = service_digests(state)
         full = step in (1, 9)
-        ruleset = render(state, changed=None if full else changed_services(prev_digests, digests),
-                         existing_chains=chains)  # fmt: skip
+        changed = None if full else changed_services(prev_digests, digests)
+        ruleset = render(state, changed=changed, existing_chains=chains, previous=previous if reuse else None)
         expected = (DATA / "sync_repeated" / f"{step:02d}-expected.txt").read_text()
         assert sort_rules(ruleset.text) == expected, f"step {step}"
-        prev_digests, chains = digests, ruleset.active_nat_chains
+        prev_digests, chains, previous = digests, ruleset.active_nat_chains, ruleset.annotations
 
 
 def test_bad_ips():
