@@ -20,6 +20,7 @@ import hashlib
 IPTABLES_HASH_LEN = 16
 NFT_HASH_LEN = 8
 NFT_NAME_MAX = 240
+_B32 = "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"  # RFC 4648 base32, as Go's base32.StdEncoding
 
 
 def _b32sha256(text: str) -> str:
@@ -59,8 +60,9 @@ def hash_and_truncate(name: str) -> str:
     >>> hash_and_truncate("ns1/svc1/tcp/p80")
     'ULMVA6XW-ns1/svc1/tcp/p80'
     """
-    # the first 8 base32 characters encode exactly the first 5 bytes of the digest
-    hashed = base64.b32encode(hashlib.sha256(name.encode()).digest()[:5]).decode() + "-" + name
+    # the first 8 base32 characters encode exactly the first 40 bits of the digest
+    n = int.from_bytes(hashlib.sha256(name.encode()).digest()[:5], "big")
+    hashed = "".join([_B32[(n >> s) & 31] for s in (35, 30, 25, 20, 15, 10, 5, 0)]) + "-" + name
     return hashed if len(hashed) <= NFT_NAME_MAX else hashed[: NFT_NAME_MAX - 3] + "..."
 
 

@@ -105,7 +105,8 @@ class Transaction:
         self._op(f"delete {kind} {FAMILY} {TABLE} {name}")
 
     def rule(self, chain: str, match: str, action: str, comment: str | None = None) -> None:
-        body = " ".join(p for p in (match, "counter" if self.counters else "", action) if p)
+        counter = "counter " if self.counters else ""
+        body = f"{match} {counter}{action}" if match else counter + action
         self._op(f"add rule {FAMILY} {TABLE} {chain} {body}" + (f" comment {_q(comment)}" if comment else ""))
 
     def element(
@@ -149,16 +150,13 @@ class Config:
 
 
 def _ip(text: str) -> str | None:
-    """An IPv4 address in canonical form, accepting the leading zeros older Kubernetes allowed."""
-    text = text.strip()
-    parts = text.split(".")
-    if len(parts) == 4 and all(p.isdigit() for p in parts):
-        text = ".".join(str(int(p)) for p in parts)
-    try:
-        ip = ipaddress.ip_address(text)
-    except ValueError:
+    """An IPv4 address in canonical form, accepting the leading zeros older Kubernetes allowed
+    (upstream's ParseIPSloppy); None for anything else (IPv6 belongs to the other proxier)."""
+    parts = text.strip().split(".")
+    if len(parts) != 4 or not all(p.isdigit() and len(p) <= 3 for p in parts):
         return None
-    return str(ip) if ip.version == 4 else None
+    octets = [int(p) for p in parts]
+    return ".".join(map(str, octets)) if max(octets) <= 255 else None
 
 
 def _cidr(text: str) -> str | None:
@@ -327,9 +325,8 @@ def write_service(
     external_chain, fw_chain = "external-" + hashed, "firewall-" + hashed
     cat = categorize_endpoints(eps, svc)
     affinity = svc.session_affinity_seconds > 0
-    ep_chain = {
-        e.address: hash_and_truncate(nft_endpoint_base(base, e.ip, e.port)) for e in cat.all_reachable
-    }
+    reachable = [(e, e.address) for e in cat.all_reachable]
+    ep_chain = {a: hash_and_truncate(nft_endpoint_base(base, e.ip, e.port)) for e, a in reachable}
     chains: list[str] = []
 
     def ensure(chain: str) -> None:
@@ -342,9 +339,9 @@ def write_service(
 
     if write:
         tx.note(str(spn) + ("" if spn.protocol == "TCP" else f" ({spn.protocol})"))
-    for e in cat.all_reachable:
-        ensure("endpoint-" + ep_chain[e.address])
-    affinity_sets = tuple("affinity-" + ep_chain[e.address] for e in cat.all_reachable) if affinity else ()
+    for _, a in reachable:
+        ensure("endpoint-" + ep_chain[a])
+    affinity_sets = tuple("affinity-" + ep_chain[a] for _, a in reachable) if affinity else ()
     uses_cluster = bool(cat.cluster) and (not svc.internal_policy_local or svc.uses_external)
     if uses_cluster:
         ensure(cluster_chain)
@@ -394,7 +391,7 @@ def write_service(
             els.append(("service-nodeports", f"{proto} . {svc.node_port}", f"goto {external_chain}", ""))
         if not has_external:
             els.append(("no-endpoint-nodeports", f"{proto} . {svc.node_port}", external_verdict, name))
-    pods = tuple((e.address, e.pod_name) for e in cat.all_reachable if e.pod_name)
+    pods = tuple((a, e.pod_name) for e, a in reachable if e.pod_name)
     entry = ServiceEntry(spn.namespaced_name, b"", tuple(chains), affinity_sets, tuple(els), pods)
     if not write:
         return entry
@@ -442,12 +439,12 @@ def write_service(
         _dispatch(tx, cluster_chain, cat.cluster, ep_chain, affinity)
     if uses_local:
         _dispatch(tx, local_chain, cat.local, ep_chain, affinity)
-    for e in cat.all_reachable:
-        chain = "endpoint-" + ep_chain[e.address]
+    for e, a in reachable:
+        chain = "endpoint-" + ep_chain[a]
         tx.rule(chain, f"ip saddr {e.ip}", "jump mark-for-masquerade")
         if affinity:
-            tx.rule(chain, "", f"update @affinity-{ep_chain[e.address]} {{ ip saddr }}")
-        tx.rule(chain, f"meta l4proto {proto}", f"dnat to {e.address}")
+            tx.rule(chain, "", f"update @affinity-{ep_chain[a]} {{ ip saddr }}")
+        tx.rule(chain, f"meta l4proto {proto}", f"dnat to {a}")
     return entry
 
 
@@ -455,10 +452,9 @@ def _dispatch(
     tx: Transaction, chain: str, eps: list[Endpoint], ep_chain: dict[str, str], affinity: bool
 ) -> None:
     """Upstream's writeServiceToEndpointRules: affinity lookups, then one uniform numgen vmap."""
+    names = [ep_chain[e.address] for e in eps]
     if affinity:
-        for e in eps:
-            tx.rule(
-                chain, f"ip saddr @affinity-{ep_chain[e.address]}", f"goto endpoint-{ep_chain[e.address]}"
-            )
-    targets = " , ".join(f"{i} : goto endpoint-{ep_chain[e.address]}" for i, e in enumerate(eps))
-    tx.rule(chain, "", f"numgen random mod {len(eps)} vmap {{ {targets} }}")
+        for n in names:
+            tx.rule(chain, f"ip saddr @affinity-{n}", f"goto endpoint-{n}")
+    targets = " , ".join(f"{i} : goto endpoint-{n}" for i, n in enumerate(names))
+    tx.rule(chain, "", f"numgen random mod {len(names)} vmap {{ {targets} }}")
