@@ -79,6 +79,13 @@ def test_overall_nftables_rules():
     assert normalize(got) == normalize(BASE + (DATA / "overall" / "expected.nft").read_text())
 
 
+def test_bad_ips():
+    """TestBadIPs: leading zeros in IPs and CIDRs come out as valid, canonical nft addresses."""
+    state = load_state(DATA / "bad-ips" / "manifests.yaml")
+    got = loaded(NftablesProxier.render(state)).dump()
+    assert normalize(got) == normalize(BASE + (DATA / "bad-ips" / "expected.nft").read_text())
+
+
 def test_render_is_one_transaction_of_upstream_shape():
     state = load_state(DATA / "overall" / "manifests.yaml")
     text = NftablesProxier.render(state)
