@@ -1,0 +1,201 @@
+"""latency: how long a new connection takes to set up through a mode, as Services are added.
+
+    kplab bench latency --mode iptables,nftables --services 100,1000,5000,10000
+
+The claim being reproduced (Kubernetes blog "NFTables mode for kube-proxy", KEP-3866): in
+iptables mode the first packet of a connection walks KUBE-SERVICES, one rule per Service
+port, so its latency grows with the number of Services (O(n)); nftables does one verdict-map
+lookup (O(1)), and so does IPVS (a hash table).
+
+Per mode, one lab (default name `blat`): one node, two echo pods and a client pod on it.  The
+Services are added to the node's proxy state (see kplab.bench.workload: real kubernetes
+models through the proxy core's build_state) and the mode's own `sync()` programs them, so
+the ruleset is what kplab really loads.  All Services share the two echo pods.  At each size:
+
+    first   connect() to the Service whose rule comes first in the ruleset
+    last    the one whose rule comes last (read back from `iptables-save` for iptables and
+            userspace; nftables and IPVS look Services up in a hash, any two are equivalent:
+            "first" and "last" are then the lowest and highest bench Service)
+    pod     the first echo pod's IP directly, with the same ruleset loaded
+
+and before any bench Service exists, the same pod IP: the baseline, the fastest connection
+this machine makes between those namespaces.  Connect times are sampled by kplab.bench.probe
+(a separate process in the client's namespace), all targets interleaved, bounded in samples
+and in time.  Ratios are p50 against that baseline's p50.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from kplab.bench import report, workload
+from kplab.bench.report import Column
+from kplab.cluster.run import run
+from kplab.errors import KplabError, LabError
+
+DEFAULT_SIZES = (100, 1000, 2000, 5000, 10000)
+DEFAULT_MODES = ("iptables", "nftables")
+IPTABLES_ORDERED = ("iptables", "userspace")  # modes whose per-Service rules are walked in order
+ECHO_PORT = 8080
+SYN_RETRANSMIT_US = 200_000  # a connect this slow waited for a SYN retransmission (1 s)
+PROBE = str(Path(__file__).with_name("probe.py"))  # run as a file: no package import in the sampler
+
+BASE_MANIFEST = f"""apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: echo}}
+spec:
+  replicas: 2
+  selector: {{matchLabels: {{app: echo}}}}
+  template:
+    metadata: {{labels: {{app: echo}}}}
+    spec: {{containers: [{{name: echo, ports: [{{containerPort: {ECHO_PORT}, protocol: TCP}}]}}]}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: client}}
+spec: {{nodeName: node-1, containers: [{{name: shell}}]}}
+"""
+
+COLUMNS = [
+    Column("mode", "mode"),
+    Column("services", "Services", "{:,}"),
+    Column("first_p50_us", "first p50 µs", "{:.0f}"),
+    Column("first_p99_us", "p99", "{:.0f}"),
+    Column("last_p50_us", "last p50 µs", "{:.0f}"),
+    Column("last_p99_us", "p99", "{:.0f}"),
+    Column("pod_p50_us", "pod IP p50 µs", "{:.0f}"),
+    Column("pod_p99_us", "p99", "{:.0f}"),
+    Column("first_ratio", "first/base", "{:.2f}"),
+    Column("last_ratio", "last/base", "{:.2f}"),
+    Column("pod_ratio", "pod/base", "{:.2f}"),
+    Column("sync_s", "sync s", "{:.2f}"),
+]
+
+
+def parse_sizes(text: str | Sequence[int]) -> list[int]:
+    """'100,1000,10000' -> [100, 1000, 10000], each 1..workload.MAX_SERVICES."""
+    if isinstance(text, str):
+        try:
+            sizes = [int(x) for x in text.replace(" ", "").split(",") if x]
+        except ValueError:
+            raise KplabError(f"--services {text!r}: give numbers separated by commas, e.g. 100,1000,10000") from None
+    else:
+        sizes = [int(x) for x in text]
+    if not sizes or any(not 1 <= n <= workload.MAX_SERVICES for n in sizes):
+        raise KplabError(f"--services {text!r}: each size must be 1..{workload.MAX_SERVICES:,}")
+    return sorted(set(sizes))
+
+
+def _targets_in_order(netns: str, mode: str, ips: dict[str, str]) -> list[str]:
+    """Bench Service IPs in the order the node's nat rules test them (iptables-walked modes)."""
+    if mode not in IPTABLES_ORDERED:
+        return []
+    text = run(["iptables-save", "-t", "nat"], netns, timeout=300).stdout
+    seen: dict[str, None] = {}
+    for m in re.finditer(r"^-A \S+ .*?-d (\d+\.\d+\.\d+\.\d+)/32 ", text, re.M):
+        if m.group(1) in ips:
+            seen.setdefault(m.group(1))
+    return list(seen)
+
+
+def first_last(netns: str, mode: str, n: int, taken: frozenset[str]) -> tuple[str, str, str]:
+    """(first IP, last IP, how they were chosen) among bench Services 0..n-1."""
+    ips = workload.cluster_ips(n, taken)
+    by_ip = {ip: i for i, ip in enumerate(ips)}
+    order = _targets_in_order(netns, mode, by_ip)
+    if len(order) >= 2:
+        return order[0], order[-1], "first/last rule in the nat table (iptables-save order)"
+    return ips[0], ips[-1], "lowest/highest bench Service: a hash lookup, any two are equivalent"
+
+
+def sample(netns: str, targets: list[tuple[str, str, int]], samples: int, warmup: int,
+           deadline: float) -> dict[str, Any]:
+    spec = {"targets": targets, "samples": samples, "warmup": warmup, "timeout": 2.0, "deadline": deadline}
+    res = run([sys.executable, PROBE, json.dumps(spec)], netns, timeout=deadline + 60)
+    return dict(json.loads(res.stdout))
+
+
+def _fill(row: dict[str, Any], label: str, got: dict[str, Any]) -> None:
+    lat = got["connect_us"]
+    row[f"{label}_p50_us"] = report.percentile(lat, 50)
+    row[f"{label}_p99_us"] = report.percentile(lat, 99)
+    row[f"{label}_rtt_p50_us"] = report.percentile(got["rtt_us"], 50)
+    row[f"{label}_samples"] = len(lat)
+    row[f"{label}_failed"] = got["failed"]
+    row[f"{label}_retransmits"] = sum(1 for x in lat if x > SYN_RETRANSMIT_US)
+
+
+def measure_mode(mode: str, sizes: list[int], *, samples: int, warmup: int, lab_name: str, deadline: float,
+                 bar: Any = None, task: Any = None) -> list[dict[str, Any]]:
+    """Bring up a lab in `mode`, measure the baseline, then each size in turn; always take it down."""
+    from kplab.lab import Lab
+
+    if Lab(lab_name).store.exists:
+        raise LabError(f"lab {lab_name!r} exists: a benchmark builds its own lab "
+                       f"(`kplab down --lab {lab_name}`, or pick another with --lab)")
+    lab = Lab.up(lab_name, mode=mode, nodes=1, manifests=[BASE_MANIFEST])
+    rows: list[dict[str, Any]] = []
+    try:
+        node, client = "node-1", lab.netns("client")
+        echo = sorted((p.status.pod_ip, p.spec.node_name) for p in lab.pods()
+                      if (p.metadata.labels or {}).get("app") == "echo")
+        pod_target = ("pod", echo[0][0], ECHO_PORT)
+        got = sample(client, [pod_target], samples, warmup, deadline)
+        base = {"mode": mode, "services": 0, "sync_s": None, "pick": "", "loadavg": report.loadavg()}
+        _fill(base, "pod", got["pod"])
+        base["pod_ratio"] = 1.0
+        rows.append(base)
+        if bar is not None:
+            bar.advance(task)
+        taken = frozenset(str(s.spec.cluster_ip) for s in lab.services() if s.spec.cluster_ip)
+        proxier = lab.proxier(node)
+        for n in sizes:
+            st = workload.state(lab, node, n, echo)
+            t = time.monotonic()
+            res = proxier.sync(st)
+            sync_s = time.monotonic() - t
+            first, last, pick = first_last(lab.netns(node), mode, n, taken)
+            targets = [("first", first, workload.PORT), ("last", last, workload.PORT), pod_target]
+            got = sample(client, targets, samples, warmup, deadline)
+            row = {"mode": mode, "services": n, "sync_s": sync_s, "sync_full": res.full, "pick": pick,
+                   "first_ip": first, "last_ip": last, "loadavg": report.loadavg()}
+            for label in ("first", "last", "pod"):
+                _fill(row, label, got[label])
+                row[f"{label}_ratio"] = report.ratio(row[f"{label}_p50_us"], base["pod_p50_us"])
+            rows.append(row)
+            if bar is not None:
+                bar.advance(task)
+    finally:
+        lab.down()
+    return rows
+
+
+def run_latency(modes: Sequence[str] = DEFAULT_MODES, sizes: Sequence[int] | str = DEFAULT_SIZES, *,
+                samples: int = 1000, warmup: int = 20, lab: str = "blat", deadline: float = 120.0,
+                show_progress: bool = True) -> dict[str, Any]:
+    """The latency curve of each mode (see the module docstring); a result dict for report.save()."""
+    from kplab.proxy.base import proxier_class
+
+    sizes = parse_sizes(sizes)
+    if not 10 <= samples <= 100_000:
+        raise KplabError(f"--samples {samples}: choose 10..100000")
+    for m in modes:
+        proxier_class(m)
+    result = report.new_result("latency", {"modes": list(modes), "services": sizes, "samples": samples,
+                                           "warmup": warmup, "nodes": 1, "backends": 2, "lab": lab})
+    with report.progress(show_progress) as bar:
+        for mode in modes:
+            task = bar.add_task(f"latency {mode}", total=len(sizes) + 1)
+            result["rows"] += measure_mode(mode, sizes, samples=samples, warmup=warmup, lab_name=lab,
+                                           deadline=deadline, bar=bar, task=task)
+    result["notes"].append("µs of TCP connect() (SYN -> SYN-ACK) from a pod; base = the pod IP before any "
+                           "bench Service exists; ratios are p50 / base p50")
+    picks = {r["mode"]: r["pick"] for r in result["rows"] if r.get("pick")}
+    result["notes"] += [f"{m}: first/last = {p}" for m, p in picks.items()]
+    return result
