@@ -21,7 +21,8 @@ NUMBER = re.compile(r"\d+")
 
 
 def _shape(line: str) -> str:
-    return NUMBER.sub("#", line)
+    """A line with its numbers (and the padding around them) blanked: same shape = same rule."""
+    return " ".join(NUMBER.sub("#", line).split())
 
 
 def highlight_moved(old: str, new: str, grep: str = "") -> tuple[str, int]:

@@ -65,6 +65,8 @@ def test_highlight_marks_lines_whose_counters_moved() -> None:
     assert first.startswith("<mark") and "<b>5</b>" in first and "<b>300</b>" in first and "10.96.0.10" in first
     assert "<mark" not in html.splitlines()[1]
     assert highlight_moved(old, new, grep="SEP-B")[0].count("\n") == 0
+    padded = highlight_moved("         0        0  -j KUBE-SEP-A", "        12      720  -j KUBE-SEP-A")
+    assert padded[1] == 1 and "<b>12</b>" in padded[0]
 
 
 @dataclass
