@@ -15,7 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from kplab.bench import report, throughput  # noqa: E402
+from kplab.bench import report, throughput
 
 
 def main() -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from kplab.bench import report, startup  # noqa: E402
+from kplab.bench import report, startup
 
 
 def main() -> None:

@@ -14,8 +14,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from kplab.bench import report, sync  # noqa: E402
-from kplab.errors import KplabError  # noqa: E402
+from kplab.bench import report, sync
+from kplab.errors import KplabError
 
 
 def main() -> int:

@@ -98,7 +98,7 @@ def _targets_in_order(netns: str, mode: str, ips: dict[str, str]) -> list[str]:
         return []
     text = run(["iptables-save", "-t", "nat"], netns, timeout=300).stdout
     seen: dict[str, None] = {}
-    for m in re.finditer(r"^-A \S+ .*?-d (\d+\.\d+\.\d+\.\d+)/32 ", text, re.M):
+    for m in re.finditer(r"^-A \S+ .*?-d (\d+\.\d+\.\d+\.\d+)/32 ", text, re.MULTILINE):
         if m.group(1) in ips:
             seen.setdefault(m.group(1))
     return list(seen)
