@@ -41,6 +41,11 @@ from kplab.inspect.trace_parse import Hop, decision, packet_summary, parse_nft, 
 
 XT_TRACER = ("iptables", "userspace")
 NFT_TRACER = ("nftables",)
+HELPERS = {
+    "KUBE-MARK-MASQ": "mark for SNAT",
+    "mark-for-masquerade": "mark for SNAT",
+    "KUBE-NODEPORTS": "NodePorts",
+}
 SETTLE = 0.3  # seconds a monitor needs to subscribe, and output needs to stop moving
 
 
@@ -306,7 +311,7 @@ def _labels(lab: Any, node: str, mode: str) -> dict[str, str]:
     if not text.strip():
         return {}
     pods = {p.status.pod_ip: p.metadata.name for p in lab.pods()}
-    out: dict[str, str] = {}
+    out: dict[str, str] = dict(HELPERS)
     for s in explain(text).services:
         for chain in s.chains.values():
             out[chain] = s.name
@@ -355,6 +360,8 @@ def trace(lab: Any, frm: str, target: str, timeout: float = 3.0) -> Trace:
     res.path, res.nat, res.decided_on = decision(res.hops, labels)
     if tracer is None:
         _path_from_conntrack(res)
+    elif not res.hops:
+        res.notes.append(f"no node saw this packet: nothing routes {ip} from {frm} to a node")
     _judge(res, mode)
     return res
 
