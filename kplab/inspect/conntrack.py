@@ -149,15 +149,23 @@ def service_match(lab: Any, service: str) -> ServiceMatch:
     return ServiceMatch(service, frozenset(targets))
 
 
+class Entries(list[Entry]):
+    """A list of entries that prints as a table (in a notebook too)."""
+
+    def __repr__(self) -> str:
+        return text(self)
+
+
 def list_entries(lab: Any, node: str, service: str | None = None) -> list[Entry]:
     """A node's entries, only those of `service` when given (sorted: protocol, original tuple)."""
     found = entries(lab.netns(node))
     if service:
         match = service_match(lab, service)
         found = [e for e in found if match(e)]
-    return sorted(
+    order = sorted(
         found, key=lambda e: (e.proto, e.original.dst, e.original.dport, e.original.src, e.original.sport)
     )
+    return Entries(order)
 
 
 def clear(

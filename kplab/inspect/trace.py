@@ -49,7 +49,7 @@ HELPERS = {
 SETTLE = 0.3  # seconds a monitor needs to subscribe, and output needs to stop moving
 
 
-@dataclass
+@dataclass(repr=False)
 class Trace:
     mode: str
     frm: str
@@ -76,6 +76,9 @@ class Trace:
         d["conntrack"] = [e.to_dict() for e in self.conntrack]
         d["backend"] = self.backend
         return d
+
+    def __repr__(self) -> str:
+        return self.text()
 
     def text(self) -> str:
         out = [

@@ -49,7 +49,7 @@ class PacketError(KplabError):
     """A packet could not be sent or captured (the helper failed or timed out)."""
 
 
-@dataclass
+@dataclass(repr=False)
 class Reply:
     """What came back for one crafted packet (`answer` is None when nothing did)."""
 
@@ -77,6 +77,9 @@ class Reply:
 
     def to_dict(self) -> dict[str, Any]:
         return {"sent": self.sent, "answer": self.answer, "rtt_ms": self.rtt_ms}
+
+    def __repr__(self) -> str:
+        return self.text()
 
     def text(self) -> str:
         s = self.sent
