@@ -194,6 +194,16 @@ def test_networkop_kind_ipvs_grouped_and_named_with_services():
     assert [e.address for e in nodeport.endpoints] == ["10.244.1.6:80", "10.244.2.4:80"]
     udp = next(s for s in ex.services if s.protocol == "UDP")
     assert [e.address for e in udp.endpoints] == ["10.244.0.3:53", "10.244.0.4:53"]
+    vips = {(s.protocol, s.entries[0].address): [e.address for e in s.endpoints] for s in ex.services}
+    assert vips[("TCP", "10.96.0.1:443")] == ["192.168.224.3:6443"]
+    assert vips[("TCP", "10.96.0.10:53")] == ["10.244.0.3:53", "10.244.0.4:53"]
+    assert vips[("TCP", "10.96.0.10:9153")] == ["10.244.0.3:9153", "10.244.0.4:9153"]
+    for vip in ("10.96.119.228:80", "10.96.148.225:80"):
+        assert vips[("TCP", vip)] == ["10.244.1.6:80", "10.244.2.4:80"]
+    assert vips[("TCP", "10.96.10.207:3030")] == ["10.244.1.4:3030"]
+    assert vips[("TCP", "10.96.68.46:3030")] == ["10.244.2.2:3030"]
+    assert vips[("TCP", "10.96.159.35:11211")] == ["10.244.1.3:11211"]
+    assert len(ex.services) == 10
     # the post names `web` alone: ClusterIP 10.96.119.228, pods web-96d5df5c8-6bgpr / -wkfrb
     catalog = Catalog()
     spn = ServicePortName("default", "web", "")
@@ -231,6 +241,13 @@ def test_lifalin_minikube_ipvs_nodeport_on_four_ips():
         ("172.17.0.4:80", 50.0),
     ]
     assert len(ex.services) == 7 and ex.all_anomalies() == []
+    vips = {(s.protocol, s.entries[0].address): [e.address for e in s.endpoints] for s in ex.services}
+    assert vips[("TCP", "10.96.0.1:443")] == ["192.168.5.100:8443"]
+    assert vips[("TCP", "10.96.0.10:53")] == ["172.17.0.5:53"]
+    assert vips[("TCP", "10.96.0.10:9153")] == ["172.17.0.5:9153"]
+    assert vips[("UDP", "10.96.0.10:53")] == ["172.17.0.5:53"]
+    for vip in ("10.104.59.61:80", "10.105.243.201:80"):
+        assert vips[("TCP", vip)] == ["172.17.0.3:80", "172.17.0.4:80"]
 
 
 @needs_dumps
