@@ -7,6 +7,8 @@
     lab.down()
 """
 
+import typing
+
 from kplab.errors import (
     CheckError,
     EnvironmentProblem,
@@ -15,9 +17,13 @@ from kplab.errors import (
     ManifestError,
     ProxierError,
 )
-from kplab.lab import CurlResult, Lab, clean
+
+if typing.TYPE_CHECKING:
+    from kplab.lab import CurlResult, Lab, clean
 
 __version__ = "0.1.0"
+_LAZY = ("CurlResult", "Lab", "clean")  # from kplab.lab, imported on first use: `python -m kplab.cluster.echo`
+# and other helper processes then start without loading the kubernetes client (seconds under emulation)
 
 __all__ = [
     "CheckError",
@@ -31,3 +37,15 @@ __all__ = [
     "__version__",
     "clean",
 ]
+
+
+def __getattr__(name: str) -> typing.Any:
+    if name in _LAZY:
+        from kplab import lab
+
+        return getattr(lab, name)
+    raise AttributeError(f"module 'kplab' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_LAZY])
