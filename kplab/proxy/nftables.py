@@ -56,7 +56,7 @@ from kplab.proxy.nftables_rules import (
 )
 
 MEMORY_FILE = "nftables.sqlite"
-MEMORY_VERSION = 2
+MEMORY_VERSION = 3
 STALE_SECONDS = 1.0  # upstream deletes flushed chains only in a sync more than 1 s later
 # Sent before a partial transaction: a no-op while the table is there, an error once someone
 # deleted it, which turns the sync into a full one.
@@ -67,7 +67,7 @@ CANARY = f"# is the table still there?\nadd chain {FAMILY} {TABLE} services\n"
 # What one sync leaves for the next (upstream keeps it in its Proxier struct).
 # ---------------------------------------------------------------------------------------------
 
-Key = str  # "ns/name:port/PROTO", one service port
+Key = str  # "ns/name:port/PROTO" (port may be empty), one service port
 ElementKey = str  # "<set or map>\t<element key>"
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT);
@@ -202,7 +202,9 @@ def plan(
     cfg = Config.of(state, counters)
     config = cfg.digest()
     full = memory is None or memory.config() != config
-    keyed = [(f"{s.name}/{s.protocol}", s) for s in state.services.values()]
+    keyed = [
+        (f"{s.name.namespace}/{s.name.name}:{s.name.port}/{s.protocol}", s) for s in state.services.values()
+    ]
     eps = state.endpoints
     digests = {k: service_digest(s, eps.get(s.name, [])) for k, s in keyed}
     old_digests = {} if memory is None else memory.digests()
@@ -216,7 +218,7 @@ def plan(
         old = memory.entries(removed) if memory is not None else {}
         changed_ns = {s.name.namespaced_name for k, s in keyed if old_digests.get(k) != digests[k]}
         changed_ns.update(e.namespaced for e in old.values())
-        rewrite = [(k, s) for k, s in keyed if s.name.namespaced_name in changed_ns]
+        rewrite = [(k, s) for k, s in keyed if changed_ns and s.name.namespaced_name in changed_ns]
         old.update(memory.entries(k for k, _ in rewrite if k in old_digests) if memory is not None else {})
     tx = Transaction(counters)
     if full:
