@@ -156,6 +156,17 @@ def test_table_removed_behind_our_back_comes_back(lab):
     assert lab.curl("client", "web", n=10).failed == 0
 
 
+def test_lost_memory_means_a_full_sync_over_the_live_table(lab):
+    """Like a kube-proxy restart: no memory, the table still there. The first sync recreates
+    the base chains (upstream does it once per start) and rewrites everything in one go."""
+    p = lab.proxier("node-1")
+    p._forget()
+    result = p.sync(lab.state("node-1"))
+    assert result.full and result.changed_services == len(lab.state("node-1").services)
+    assert lab.curl("client", "web", n=10).failed == 0
+    assert not p.sync(lab.state("node-1")).full
+
+
 def kube_iptables(lab: Lab, node: str) -> str:
     out = []
     for tool in ("iptables-save", "iptables-legacy-save"):
