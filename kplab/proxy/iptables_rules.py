@@ -21,7 +21,6 @@ are written; KUBE-SERVICES, KUBE-NODEPORTS and the filter chains are always writ
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import ipaddress
 from collections.abc import Iterable
@@ -89,13 +88,22 @@ def changed_services(previous: dict[str, str], current: dict[str, str]) -> set[s
     return {k for k in current if previous.get(k) != current[k]}
 
 
+_B32 = "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"
+_B32_PAIRS = [a + b for a in _B32 for b in _B32]  # every 10-bit value as two base32 characters
+
+
 def hash16(text: str) -> str:
     """The 16 base32 characters of sha256(text) upstream's chain names use (= naming.port_proto_hash).
 
-    16 base32 characters are exactly the first 10 bytes of the digest, so only those get encoded
-    (base64's b32encode is pure Python: this is the hot spot of a 10k-service render).
+    16 base32 characters are exactly the digest's first 80 bits, encoded here 10 bits at a time
+    (base64.b32encode is pure Python: it was the hot spot of a 10k-service render).
     """
-    return base64.b32encode(hashlib.sha256(text.encode()).digest()[:10]).decode()
+    n = int.from_bytes(hashlib.sha256(text.encode()).digest()[:10], "big")
+    p = _B32_PAIRS
+    return (
+        p[n >> 70] + p[n >> 60 & 1023] + p[n >> 50 & 1023] + p[n >> 40 & 1023]
+        + p[n >> 30 & 1023] + p[n >> 20 & 1023] + p[n >> 10 & 1023] + p[n & 1023]
+    )  # fmt: skip
 
 
 def sloppy_ip(text: str) -> str | None:
