@@ -7,21 +7,25 @@ iptables mode the first packet of a connection walks KUBE-SERVICES, one rule per
 port, so its latency grows with the number of Services (O(n)); nftables does one verdict-map
 lookup (O(1)), and so does IPVS (a hash table).
 
-Per mode, one lab (default name `blat`): one node, two echo pods and a client pod on it.  The
-Services are added to the node's proxy state (see kplab.bench.workload: real kubernetes
-models through the proxy core's build_state) and the mode's own `sync()` programs them, so
-the ruleset is what kplab really loads.  All Services share the two echo pods.  At each size:
+Per mode, one lab (default name `blat`) of two nodes.  node-1 holds two echo pods and a
+client pod; the bench Services are added to node-1's proxy state only (kplab.bench.workload:
+real kubernetes models through the proxy core's build_state) and the mode's own `sync()`
+programs them, so the ruleset is what kplab really loads.  All Services share the two echo
+pods.  node-2 runs the same mode with no Services at all, and holds one echo pod and one
+client pod of its own: the baseline.  At each size, interleaved connection by connection:
 
-    first   connect() to the Service whose rule comes first in the ruleset
-    last    the one whose rule comes last (read back from `iptables-save` for iptables and
-            userspace; nftables and IPVS look Services up in a hash, any two are equivalent:
-            "first" and "last" are then the lowest and highest bench Service)
-    pod     the first echo pod's IP directly, with the same ruleset loaded
+    first   node-1 client -> the Service whose rule comes first in the ruleset
+    last    node-1 client -> the Service whose rule comes last (read back with `iptables-save`
+            for iptables and userspace; nftables and IPVS look Services up in a hash table, so
+            any two are equivalent: "first" and "last" are then the lowest and highest one)
+    pod     node-1 client -> an echo pod's IP directly, through the loaded ruleset
+    base    node-2 client -> node-2's echo pod IP: the same path through a node with no
+            Services, the fastest this machine connects two pods (the baseline)
 
-and before any bench Service exists, the same pod IP: the baseline, the fastest connection
-this machine makes between those namespaces.  Connect times are sampled by kplab.bench.probe
-(a separate process in the client's namespace), all targets interleaved, bounded in samples
-and in time.  Ratios are p50 against that baseline's p50.
+Measuring the baseline in the same loop as the targets, rather than once before the
+Services were added, matters on a shared machine: a pause hits all four alike.  Connect
+times are sampled by kplab.bench.probe (a separate process), bounded in samples and in time.
+Ratios are p50 against the baseline's p50 of the same size.
 """
 
 from __future__ import annotations
@@ -46,21 +50,17 @@ ECHO_PORT = 8080
 SYN_RETRANSMIT_US = 200_000  # a connect this slow waited for a SYN retransmission (1 s)
 PROBE = str(Path(__file__).with_name("probe.py"))  # run as a file: no package import in the sampler
 
-BASE_MANIFEST = f"""apiVersion: apps/v1
-kind: Deployment
-metadata: {{name: echo}}
-spec:
-  replicas: 2
-  selector: {{matchLabels: {{app: echo}}}}
-  template:
-    metadata: {{labels: {{app: echo}}}}
-    spec: {{containers: [{{name: echo, ports: [{{containerPort: {ECHO_PORT}, protocol: TCP}}]}}]}}
----
-apiVersion: v1
-kind: Pod
-metadata: {{name: client}}
-spec: {{nodeName: node-1, containers: [{{name: shell}}]}}
-"""
+def _pod(name: str, node: str, app: str, port: bool) -> str:
+    ports = f", ports: [{{containerPort: {ECHO_PORT}, protocol: TCP}}]" if port else ""
+    return (f"apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, labels: {{app: {app}}}}}\n"
+            f"spec: {{nodeName: {node}, containers: [{{name: c{ports}}}]}}\n")
+
+
+BASE_MANIFEST = "---\n".join([
+    _pod("echo-a", "node-1", "echo", True), _pod("echo-b", "node-1", "echo", True),
+    _pod("client", "node-1", "client", False),
+    _pod("base-echo", "node-2", "base", True), _pod("base-client", "node-2", "client", False),
+])
 
 COLUMNS = [
     Column("mode", "mode"),
@@ -71,6 +71,8 @@ COLUMNS = [
     Column("last_p99_us", "p99", "{:.0f}"),
     Column("pod_p50_us", "pod IP p50 µs", "{:.0f}"),
     Column("pod_p99_us", "p99", "{:.0f}"),
+    Column("base_p50_us", "base p50 µs", "{:.0f}"),
+    Column("base_p99_us", "p99", "{:.0f}"),
     Column("first_ratio", "first/base", "{:.2f}"),
     Column("last_ratio", "last/base", "{:.2f}"),
     Column("pod_ratio", "pod/base", "{:.2f}"),
@@ -114,10 +116,10 @@ def first_last(netns: str, mode: str, n: int, taken: frozenset[str]) -> tuple[st
     return ips[0], ips[-1], "lowest/highest bench Service: a hash lookup, any two are equivalent"
 
 
-def sample(netns: str, targets: list[tuple[str, str, int]], samples: int, warmup: int,
-           deadline: float) -> dict[str, Any]:
+def sample(targets: list[tuple[str, str, str, int]], samples: int, warmup: int, deadline: float) -> dict[str, Any]:
+    """Run the probe: targets are (label, client netns, ip, port), interleaved."""
     spec = {"targets": targets, "samples": samples, "warmup": warmup, "timeout": 2.0, "deadline": deadline}
-    res = run([sys.executable, PROBE, json.dumps(spec)], netns, timeout=deadline + 60)
+    res = run([sys.executable, PROBE, json.dumps(spec)], timeout=deadline + 60)
     return dict(json.loads(res.stdout))
 
 
@@ -139,35 +141,32 @@ def measure_mode(mode: str, sizes: list[int], *, samples: int, warmup: int, lab_
     if Lab(lab_name).store.exists:
         raise LabError(f"lab {lab_name!r} exists: a benchmark builds its own lab "
                        f"(`kplab down --lab {lab_name}`, or pick another with --lab)")
-    lab = Lab.up(lab_name, mode=mode, nodes=1, manifests=[BASE_MANIFEST])
+    lab = Lab.up(lab_name, mode=mode, nodes=2, manifests=[BASE_MANIFEST])
     rows: list[dict[str, Any]] = []
     try:
         node, client = "node-1", lab.netns("client")
-        echo = sorted((p.status.pod_ip, p.spec.node_name) for p in lab.pods()
-                      if (p.metadata.labels or {}).get("app") == "echo")
-        pod_target = ("pod", echo[0][0], ECHO_PORT)
-        got = sample(client, [pod_target], samples, warmup, deadline)
-        base = {"mode": mode, "services": 0, "sync_s": None, "pick": "", "loadavg": report.loadavg()}
-        _fill(base, "pod", got["pod"])
-        base["pod_ratio"] = 1.0
-        rows.append(base)
-        if bar is not None:
-            bar.advance(task)
+        echo = [(lab.pod_ip(p), node) for p in ("echo-a", "echo-b")]
+        pod_target = ("pod", client, lab.pod_ip("echo-a"), ECHO_PORT)
+        base_target = ("base", lab.netns("base-client"), lab.pod_ip("base-echo"), ECHO_PORT)
         taken = frozenset(str(s.spec.cluster_ip) for s in lab.services() if s.spec.cluster_ip)
         proxier = lab.proxier(node)
-        for n in sizes:
-            st = workload.state(lab, node, n, echo)
-            t = time.monotonic()
-            res = proxier.sync(st)
-            sync_s = time.monotonic() - t
-            first, last, pick = first_last(lab.netns(node), mode, n, taken)
-            targets = [("first", first, workload.PORT), ("last", last, workload.PORT), pod_target]
-            got = sample(client, targets, samples, warmup, deadline)
-            row = {"mode": mode, "services": n, "sync_s": sync_s, "sync_full": res.full, "pick": pick,
-                   "first_ip": first, "last_ip": last, "loadavg": report.loadavg()}
-            for label in ("first", "last", "pod"):
+        for n in [0, *sizes]:
+            row: dict[str, Any] = {"mode": mode, "services": n, "pick": "", "sync_s": None}
+            targets = [pod_target, base_target]
+            if n:
+                st = workload.state(lab, node, n, echo)
+                t = time.monotonic()
+                res = proxier.sync(st)
+                row.update(sync_s=time.monotonic() - t, sync_full=res.full)
+                first, last, row["pick"] = first_last(lab.netns(node), mode, n, taken)
+                row.update(first_ip=first, last_ip=last)
+                targets = [("first", client, first, workload.PORT), ("last", client, last, workload.PORT), *targets]
+            got = sample(targets, samples, warmup, deadline)
+            row["loadavg"] = report.loadavg()
+            for label, *_ in targets:
                 _fill(row, label, got[label])
-                row[f"{label}_ratio"] = report.ratio(row[f"{label}_p50_us"], base["pod_p50_us"])
+            for label, *_ in targets:
+                row[f"{label}_ratio"] = report.ratio(row[f"{label}_p50_us"], row["base_p50_us"])
             rows.append(row)
             if bar is not None:
                 bar.advance(task)
@@ -188,14 +187,14 @@ def run_latency(modes: Sequence[str] = DEFAULT_MODES, sizes: Sequence[int] | str
     for m in modes:
         proxier_class(m)
     result = report.new_result("latency", {"modes": list(modes), "services": sizes, "samples": samples,
-                                           "warmup": warmup, "nodes": 1, "backends": 2, "lab": lab})
+                                           "warmup": warmup, "nodes": 2, "backends": 2, "lab": lab})
     with report.progress(show_progress) as bar:
         for mode in modes:
             task = bar.add_task(f"latency {mode}", total=len(sizes) + 1)
             result["rows"] += measure_mode(mode, sizes, samples=samples, warmup=warmup, lab_name=lab,
                                            deadline=deadline, bar=bar, task=task)
-    result["notes"].append("µs of TCP connect() (SYN -> SYN-ACK) from a pod; base = the pod IP before any "
-                           "bench Service exists; ratios are p50 / base p50")
+    result["notes"].append("µs of TCP connect() (SYN -> SYN-ACK) from a pod; base = pod to pod IP on a node "
+                           "with no Services, interleaved with the others; ratios are p50 / base p50")
     picks = {r["mode"]: r["pick"] for r in result["rows"] if r.get("pick")}
     result["notes"] += [f"{m}: first/last = {p}" for m, p in picks.items()]
     return result

@@ -54,13 +54,11 @@ def latency_figure(data: dict[str, list[dict[str, Any]]]) -> Any:
         for mode, rows in sorted(data.items()):
             c = COLORS.get(mode, "gray")
             pts = [r for r in rows if r.get("services")]
-            base = next((r for r in rows if not r.get("services")), None)
             xs = [r["services"] for r in pts]
             ax.plot(xs, [r.get(f"last_{q}_us") for r in pts], "o-", color=c, label=f"{mode}: last Service")
             ax.plot(xs, [r.get(f"first_{q}_us") for r in pts], "s--", color=c, alpha=0.6, label=f"{mode}: first Service")
-            if base and base.get(f"pod_{q}_us"):
-                ax.axhline(base[f"pod_{q}_us"], color=c, linestyle=":", linewidth=1,
-                           label=f"{mode}: pod IP, no Services (baseline)")
+            ax.plot([r["services"] for r in rows], [r.get(f"base_{q}_us") for r in rows], ":", color=c, linewidth=1,
+                    label=f"{mode}: baseline (pod IP, node without Services)")
         ax.set_xlabel("Services in the ruleset")
         ax.set_ylabel(f"TCP connect() {q}, µs")
         ax.set_title(f"New-connection latency ({q})")

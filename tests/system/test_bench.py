@@ -28,11 +28,12 @@ def test_latency_tiny_with_plot_and_table(tmp_path):
     rows = {(r["mode"], r["services"]): r for r in result["rows"]}
     assert set(rows) == {("iptables", 0), ("iptables", 10), ("nftables", 0), ("nftables", 10)}
     for mode in ("iptables", "nftables"):
-        base, row = rows[(mode, 0)], rows[(mode, 10)]
-        assert base["pod_samples"] == 20 and base["pod_p50_us"] > 0, "the baseline is measured in the run"
-        for target in ("first", "last", "pod"):
+        zero, row = rows[(mode, 0)], rows[(mode, 10)]
+        assert zero["base_samples"] == zero["pod_samples"] == 20 and "first_samples" not in zero
+        for target in ("first", "last", "pod", "base"):
             assert row[f"{target}_samples"] == 20 and row[f"{target}_failed"] == 0, (mode, target, row)
-            assert row[f"{target}_ratio"] == pytest.approx(row[f"{target}_p50_us"] / base["pod_p50_us"])
+            assert row[f"{target}_ratio"] == pytest.approx(row[f"{target}_p50_us"] / row["base_p50_us"]), \
+                "the baseline is measured in the same loop"
         assert row["first_ip"] != row["last_ip"]
     assert "nat table" in rows[("iptables", 10)]["pick"], "iptables: first/last read back from the kernel"
     assert "equivalent" in rows[("nftables", 10)]["pick"]
@@ -94,3 +95,14 @@ def test_cli_runs_and_refuses_bad_input(tmp_path, capsys):
         assert main(argv) == 1, argv
         err = capsys.readouterr().err.strip()
         assert err.startswith("kplab: ") and "\n" not in err and "Traceback" not in err, (argv, err)
+
+
+@pytest.mark.ipvs
+def test_latency_ipvs_tiny():
+    """IPVS takes the same path (in the throwaway VM when this kernel has no IPVS)."""
+    result = latency.run_latency(["ipvs"], "10", samples=20, warmup=2, lab="tblatv", show_progress=False)
+    zero, row = result["rows"]
+    assert zero["base_samples"] == 20 and row["services"] == 10 and row["base_samples"] == 20
+    assert row["first_failed"] == row["last_failed"] == 0 and row["first_samples"] == row["last_samples"] == 20
+    assert "equivalent" in row["pick"], "IPVS looks Services up in a hash table"
+    assert lab_namespaces("tblatv") == []
