@@ -8,7 +8,7 @@ DEBS := iproute2 iputils-ping iptables nfacct nftables ipvsadm ipset conntrack t
 TEST_DEBS := chromium chromium-driver
 STAMP := $(VENV)/.kplab-installed
 
-.PHONY: setup debs test-debs lab test test-unit test-system test-ipvs bench clean-labs
+.PHONY: setup debs test-debs lab test test-unit test-system test-ipvs bench clean-labs image wheelhouse
 
 setup: debs $(STAMP)  ## install Debian packages and the venv (creates .venv/bin/kplab)
 
@@ -46,3 +46,19 @@ test-ipvs: setup  ## just the IPVS tests (in a throwaway VM when the host kernel
 
 clean-labs: setup  ## remove leftovers of crashed labs (by the kplab- prefix only)
 	$(BIN)/kplab clean --all
+
+# The workshop image (docs/WORKSHOP.md).  `docker compose build` does the same with its own knobs.
+IMAGE ?= kplab/lab:latest
+WHEELHOUSE ?= 0
+EXTRA_CA ?=
+DOCKER_BUILD_FLAGS ?=
+image:  ## the workshop image; WHEELHOUSE=1: pip only from containers/lab/wheelhouse; EXTRA_CA=corp.pem
+	@docker image inspect debian:bookworm-slim >/dev/null 2>&1 || docker pull debian:bookworm-slim \
+	  || containers/lab/build-base debian:bookworm-slim
+	docker build $(DOCKER_BUILD_FLAGS) -f containers/lab/Dockerfile -t $(IMAGE) --build-arg WHEELHOUSE=$(WHEELHOUSE) \
+	  --build-arg EXTRA_CA_CERTS="$$( [ -z '$(EXTRA_CA)' ] || cat '$(EXTRA_CA)')" .
+
+# Wheels for bookworm's Python (3.11.2) on this machine's platform: build the image on the same architecture.
+wheelhouse: setup  ## wheels of everything the image pip-installs, for `make image WHEELHOUSE=1` offline
+	$(BIN)/pip download -q --only-binary=:all: --python-version 3.11.2 -d containers/lab/wheelhouse \
+	  -r <($(BIN)/python containers/lab/requirements.py)
