@@ -8,7 +8,11 @@
 Syncs follow upstream's syncProxyRules: a full sync (first sync, after a failed restore, when
 the KUBE-PROXY-CANARY chain vanished, or an hour after the last full one) ensures the jump
 rules from the built-in chains and rewrites everything; otherwise a partial sync (KEP-3453)
-rewrites only the chains of Services whose spec or endpoints changed.  What a partial sync
+rewrites only the chains of Services whose spec or endpoints changed.  Where upstream runs
+`iptables -C`/`-I` once per missing jump (EnsureRule(Prepend)), a full sync here reads the
+tables once with iptables-save and adds the missing jumps and canary chains to the same
+restore as `-I CHAIN 1` lines, in upstream's order: the same rules in the same places, one
+process instead of ~30.  What a partial sync
 needs from the previous one (digests per Service, the nat chains it left, annotations) lives
 in `ctx.state_dir/iptables.json`, since every CLI call or notebook cell is a new process.
 
