@@ -20,7 +20,7 @@ from typing import Any, TypeVar, cast
 
 import yaml
 
-from kplab.errors import CheckError, KplabError
+from kplab.errors import CheckError, KplabError, LabError
 from kplab.grading.netns import current_lab
 from kplab.grading.runner import REPO
 from kplab.lab import Lab, default_manifest
@@ -113,7 +113,10 @@ def reset(notebook: str | None = None, lab: str | None = None) -> Lab:
         off_loop(Lab(name).down)
     except KplabError:
         pass  # not up: nothing to take down
-    built = off_loop(Lab.up, name, mode=start.mode, manifests=sources, nodes=start.nodes)
+    try:
+        built = off_loop(Lab.up, name, mode=start.mode, manifests=sources, nodes=start.nodes)
+    except LabError:  # up is all-or-nothing; on a loaded machine one more try usually succeeds
+        built = off_loop(Lab.up, name, mode=start.mode, manifests=sources, nodes=start.nodes)
     _marker(name).write_text(json.dumps({"notebook": start.notebook}))
     return built
 
