@@ -143,3 +143,32 @@ def test_inline_result_renders_hint_only_on_failure() -> None:
     assert "data-outcome='passed'" in page and "data-outcome='failed'" in page
     assert "set it" in page and "look" not in page
     assert not out and "FAIL  03-iptables/affinity" in repr(out)
+
+
+def test_runner_failure_is_a_red_box_not_a_traceback(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from kplab.grading import check
+
+    monkeypatch.setenv("KPLAB_CHECKS", str(make_checks(tmp_path)))
+    out = check("09-demo/nope")
+    assert not out and out.results[0].outcome == "error" and "no check matches" in out.results[0].message
+    assert check("09-demo/good").passed
+
+
+def test_every_notebook_has_a_start_and_its_check_cells_name_real_checks() -> None:
+    import re
+
+    import nbformat
+
+    from kplab.grading.course import LABS, starts
+
+    declared = starts()
+    cp = subprocess.run([sys.executable, "-m", "kplab.cli", "check", "--list", "-o", "json"], check=False,
+                        capture_output=True, text=True, timeout=120)
+    known = {c["id"] for c in json.loads(cp.stdout)}
+    notebooks = sorted(LABS.glob("[0-9][0-9]-*.ipynb"))
+    assert [nb.stem for nb in notebooks] == sorted(declared)
+    for path in notebooks:
+        nb = nbformat.read(path, as_version=4)
+        named = re.findall(r'check\("([^"]+)"\)', "\n".join(c.source for c in nb.cells if c.cell_type == "code"))
+        assert len(named) >= 2 and set(named) <= known, (path.name, sorted(set(named) - known))
+        assert all(n.startswith(path.stem + "/") for n in named), path.name
