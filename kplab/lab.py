@@ -10,14 +10,18 @@ all-or-nothing and `down` removes exactly what the lab created.
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import ipaddress
 import json
 import os
 import shutil
 import sys
 import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, TypeVar
 
 from kplab.cluster import controller, manifests, netns
 from kplab.cluster.client import CurlResult, curl
@@ -30,6 +34,27 @@ from kplab.proxy.core import ProxyState, build_state
 NONE_MODE = "none"  # no kube-proxy at all: what a Service is before anything programs it
 ECHO_MARKER = "kplab.cluster.echo"
 Source = str | Path | dict[str, Any]
+
+
+T = TypeVar("T")
+_worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kplab-netlink")
+
+
+def off_loop(fn: Callable[..., T]) -> Callable[..., T]:
+    """Run `fn` on a worker thread when the caller's thread runs an asyncio loop.
+
+    A Jupyter kernel runs one, and pyroute2's synchronous API cannot run inside a running
+    loop; everything that talks netlink goes through here, so notebooks call Lab as is.
+    """
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> T:
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return fn(*args, **kwargs)
+        return _worker.submit(fn, *args, **kwargs).result()
+
+    return wrapper
 
 
 def default_manifest() -> str:
@@ -47,8 +72,9 @@ class Lab:
 
     # ------------------------------------------------------------------ lifecycle
     @classmethod
+    @off_loop
     def up(cls, name: str = "default", mode: str = "iptables", manifests: Iterable[Source] | None = None,
-           nodes: int = 2, **options: Any) -> "Lab":
+           nodes: int = 2, **options: Any) -> Lab:
         """Build a lab and program `mode` on every node; on any failure remove everything built."""
         netns.check_environment()
         lab = cls(name)
@@ -82,11 +108,12 @@ class Lab:
         return lab
 
     @classmethod
-    def attach(cls, name: str = "default") -> "Lab":
+    def attach(cls, name: str = "default") -> Lab:
         lab = cls(name)
         lab._load()
         return lab
 
+    @off_loop
     def down(self) -> None:
         """Stop the proxies and workload, remove every namespace and the state directory."""
         if not self.store.exists:
@@ -116,7 +143,7 @@ class Lab:
                            f"`kplab clean --lab {self.name}` removes what a crashed lab left")
         return self.data
 
-    def _mutate(self) -> "_Mutation":
+    def _mutate(self) -> _Mutation:
         return _Mutation(self)
 
     @property
@@ -219,14 +246,17 @@ class Lab:
             return {}
         return {node: self.proxier(node).sync(self.state(node)) for node in self.data["nodes"]}
 
+    @off_loop
     def sync(self) -> dict[str, Any]:
         """Reprogram every node from the current objects (what kube-proxy's sync loop does)."""
         with self._mutate():
             return self._sync_all()
 
+    @off_loop
     def rules(self, node: str) -> dict[str, Any]:
         return self.proxier(node).rules()
 
+    @off_loop
     def set_mode(self, mode: str, **options: Any) -> None:
         """Switch every node to `mode`: the old mode's state is removed completely first."""
         if mode != NONE_MODE:
@@ -242,6 +272,7 @@ class Lab:
             self._sync_all()
 
     # ------------------------------------------------------------------ objects
+    @off_loop
     def apply(self, *sources: Source) -> list[str]:
         """kubectl apply: admit, reconcile pods/slices/namespaces, resync every node."""
         with self._mutate():
@@ -253,6 +284,7 @@ class Lab:
             self._apply_changes()
             return [f"{d.kind.lower()}/{d.body['metadata']['name']}" for d in docs]
 
+    @off_loop
     def delete(self, *sources: Source) -> list[str]:
         with self._mutate():
             gone = []
@@ -267,6 +299,7 @@ class Lab:
             self._apply_changes()
             return gone
 
+    @off_loop
     def scale(self, deployment: str, replicas: int) -> None:
         with self._mutate():
             dep = self.data["objects"].get("Deployment", {}).get(f"default/{deployment}")
@@ -277,6 +310,7 @@ class Lab:
             dep["spec"]["replicas"] = replicas
             self._apply_changes()
 
+    @off_loop
     def set_ready(self, pod: str, ready: bool = True, terminating: bool = False) -> None:
         """Flip a pod's readiness (and terminating state): its EndpointSlice follows."""
         with self._mutate():
@@ -285,12 +319,14 @@ class Lab:
             ann[controller.TERMINATING_ANN] = "true" if terminating else "false"
             self._apply_changes()
 
+    @off_loop
     def echo_stop(self, pod: str) -> None:
         """Stop the pod's echo server (its ports refuse connections); the pod stays Ready."""
         with self._mutate():
             self._pod(pod)["metadata"].setdefault("annotations", {})["kplab.io/echo"] = "stopped"
             self._update_echo()
 
+    @off_loop
     def echo_start(self, pod: str) -> None:
         with self._mutate():
             self._pod(pod)["metadata"].setdefault("annotations", {}).pop("kplab.io/echo", None)
@@ -402,7 +438,7 @@ class Lab:
         os.replace(tmp, self.store.dir / "echo.json")
         return int(spec["generation"])
 
-    def _wait_echo(self, generation: int, timeout: float = 10.0) -> None:
+    def _wait_echo(self, generation: int, timeout: float = 30.0) -> None:
         end = time.monotonic() + timeout
         ready = self.store.dir / "echo.ready"
         while time.monotonic() < end:
@@ -521,7 +557,7 @@ class _Mutation:
             self._cm.__exit__(None, None, None)
             raise
 
-    def __exit__(self, et: Any, ev: Any, tb: Any) -> None:
+    def __exit__(self, et: object, ev: object, tb: object) -> None:
         try:
             if et is None:
                 self.lab.store.save(self.lab.data)
@@ -589,4 +625,4 @@ def clean(lab: str | None = None, everything: bool = False) -> list[str]:
     return removed
 
 
-__all__ = ["Lab", "clean", "CurlResult", "stop_pid"]
+__all__ = ["CurlResult", "Lab", "clean", "off_loop", "stop_pid"]

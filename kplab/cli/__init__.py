@@ -82,7 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _lift_lab_option(list(sys.argv[1:] if argv is None else argv))
     _register()
     try:
-        app(args, prog_name="kplab", standalone_mode=False)
+        rv = app(args, prog_name="kplab", standalone_mode=False)
+        return rv if isinstance(rv, int) else 0  # without standalone mode, typer.Exit(n) comes back as n
     except KplabError as e:
         typer.echo(f"kplab: {e}", err=True)
         return 1

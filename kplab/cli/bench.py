@@ -15,7 +15,6 @@ The code is kplab.bench, importable from a notebook.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -49,7 +48,7 @@ def register(app: typer.Typer) -> None:
         pods: str = typer.Option("4,100", "--pods", help="pod counts (4 = the default lab)"),
         rounds: int = typer.Option(3, "--rounds"),
         mode: str = typer.Option("iptables", "--mode"),
-        json_path: Optional[Path] = JSON,
+        json_path: Path | None = JSON,
         no_progress: bool = QUIET,
     ) -> None:
         """Lab up/down (kplab CLI) against a plain `ip` script building the same topology."""
@@ -66,9 +65,9 @@ def register(app: typer.Typer) -> None:
         services: str = typer.Option("1000,5000,10000", "--services", help="sizes, comma-separated"),
         endpoints: int = typer.Option(2, "--endpoints", help="endpoints per Service"),
         rounds: int = typer.Option(3, "--rounds"),
-        option: Optional[list[str]] = typer.Option(None, "--option", help="mode option KEY=VALUE"),
+        option: list[str] | None = typer.Option(None, "--option", help="mode option KEY=VALUE"),
         name: str = typer.Option("bench", "--name", help="prefix of the throwaway namespaces"),
-        json_path: Optional[Path] = JSON,
+        json_path: Path | None = JSON,
         no_progress: bool = QUIET,
     ) -> None:
         """Full sync and add-one-Service sync against the raw loader of the same input."""
@@ -95,7 +94,7 @@ def register(app: typer.Typer) -> None:
         services: str = typer.Option("100,1000,2000,5000,10000", "--services", help="sizes, comma-separated"),
         samples: int = typer.Option(1000, "--samples", help="connections per target and size"),
         name: str = typer.Option("blat", "--name", help="the throwaway lab's name"),
-        json_path: Optional[Path] = JSON,
+        json_path: Path | None = JSON,
         no_progress: bool = QUIET,
     ) -> None:
         """Connect time (SYN -> SYN-ACK) to the first and last Service, against the pod IP."""
@@ -115,7 +114,7 @@ def register(app: typer.Typer) -> None:
         concurrency: int = typer.Option(16, "--concurrency"),
         spread: int = typer.Option(300, "--spread", help="connections for the load-balancing spread (0: none)"),
         name: str = typer.Option("bdp", "--name", help="the throwaway lab's name"),
-        json_path: Optional[Path] = JSON,
+        json_path: Path | None = JSON,
         no_progress: bool = QUIET,
     ) -> None:
         """Requests/s and latency through each mode against the pod IPs directly."""
@@ -132,7 +131,7 @@ def register(app: typer.Typer) -> None:
     @bench.command()
     def plot(
         out: Path = typer.Option(Path("docs"), "--out", help="directory for the PNG and SVG files"),
-        results: Optional[Path] = typer.Option(None, "--results", help="directory of the JSON results"),
+        results: Path | None = typer.Option(None, "--results", help="directory of the JSON results"),
     ) -> None:
         """Latency vs Services and sync time vs Services, per mode, from the JSON results."""
         from kplab.bench import plot as b
@@ -141,7 +140,7 @@ def register(app: typer.Typer) -> None:
             typer.echo(f"written: {path}")
 
     @bench.command()
-    def table(results: Optional[Path] = typer.Option(None, "--results", help="directory of the JSON results")) -> None:
+    def table(results: Path | None = typer.Option(None, "--results", help="directory of the JSON results")) -> None:
         """The seed's "Which mode should you use?" table, filled with the measured numbers (Markdown)."""
         from kplab.bench import compare
 

@@ -15,13 +15,13 @@ Files = Optional[list[Path]]
 OUT = typer.Option(None, "-o", "--output", help="json, yaml or wide where the output is data")
 
 
-def register(app: typer.Typer) -> None:  # noqa: C901 - one place that lists the verbs
+def register(app: typer.Typer) -> None:
     @app.command()
     def up(
         files: Files = typer.Option(None, "-f", "--filename", help="manifests (default: the demo app)"),
         mode: str = typer.Option("iptables", "--mode", help="iptables, nftables, ipvs, userspace or none"),
         nodes: int = typer.Option(2, "--nodes"),
-        scheduler: Optional[str] = typer.Option(None, "--scheduler", help="IPVS scheduler (rr, lc, wrr, ...)"),
+        scheduler: str | None = typer.Option(None, "--scheduler", help="IPVS scheduler (rr, lc, wrr, ...)"),
     ) -> None:
         """Build a lab: nodes, pods and an outside client in network namespaces, kube-proxy on each node."""
         from kplab.lab import Lab
@@ -55,7 +55,7 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one place that lists the
         typer.echo("removed: " + (", ".join(removed) if removed else "nothing"))
 
     @app.command()
-    def status(output: Optional[str] = OUT) -> None:
+    def status(output: str | None = OUT) -> None:
         """The lab's mode, nodes, pods and namespaces."""
         st = attach().status()
         text = "\n".join([f"lab {st['name']}: mode {st['mode']}, {st['pods']} pods, {st['services']} services"] +
@@ -92,7 +92,7 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one place that lists the
         typer.echo(f"pod/{pod} ready={state}")
 
     @app.command()
-    def get(kind: str, output: Optional[str] = OUT) -> None:
+    def get(kind: str, output: str | None = OUT) -> None:
         """List nodes, pods, services or endpointslices (-o json|yaml as kubectl prints them)."""
         from kplab.cli.views import get_view
 
@@ -111,7 +111,7 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one place that lists the
 
     @app.command()
     def curl(frm: str, target: str, n: int = typer.Option(1, "-n"), udp: bool = typer.Option(False, "--udp"),
-             timeout: float = typer.Option(2.0, "--timeout"), output: Optional[str] = OUT) -> None:
+             timeout: float = typer.Option(2.0, "--timeout"), output: str | None = OUT) -> None:
         """Send N requests from FROM (pod, node, outside) to TARGET (svc, svc:port, node-1:svc, lb:svc, ip:port)."""
         res = attach().curl(frm, target, n=n, proto="udp" if udp else None, timeout=timeout)
         d = res.to_dict()
@@ -124,7 +124,7 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one place that lists the
         emit(d, output, "\n".join(lines))
 
     @app.command()
-    def mode(new_mode: Optional[str] = typer.Argument(None), scheduler: Optional[str] = typer.Option(None)) -> None:
+    def mode(new_mode: str | None = typer.Argument(None), scheduler: str | None = typer.Option(None)) -> None:
         """Show the lab's mode, or switch every node to another (the old mode's state is removed)."""
         lab = attach()
         if new_mode is None:
@@ -134,7 +134,7 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one place that lists the
         typer.echo(f"lab {lab.name!r} now runs kube-proxy in {new_mode} mode")
 
     @app.command()
-    def rules(node: str, output: Optional[str] = OUT) -> None:
+    def rules(node: str, output: str | None = OUT) -> None:
         """The node's rules as loaded in the kernel (read back), with counters and annotations."""
         data = attach().rules(node)
         emit(data, output, data.get("text", ""))
@@ -157,7 +157,7 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one place that lists the
                                nodeport_addresses=tuple(c for c in nodeport_addresses.split(",") if c)), nl=False)
 
     @app.command()
-    def doctor(output: Optional[str] = OUT) -> None:
+    def doctor(output: str | None = OUT) -> None:
         """Can this machine run each mode? And exactly what to do when it cannot."""
         from kplab.cli.views import doctor_report
 
@@ -167,4 +167,4 @@ def register(app: typer.Typer) -> None:  # noqa: C901 - one place that lists the
             raise typer.Exit(1)
 
 
-__all__ = ["register", "Any"]
+__all__ = ["Any", "register"]

@@ -113,8 +113,8 @@ def render_text(mode: str, files: list[Path], **config: Any) -> str:
 
 
 def doctor_report() -> tuple[dict[str, Any], str]:
-    from kplab.proxy.base import MODES, proxier_class
     from kplab.errors import KplabError
+    from kplab.proxy.base import MODES, proxier_class
 
     problems = []
     if os.geteuid() != 0:

@@ -78,7 +78,7 @@ class Agent:
                     break
                 writer.write(body + b"\n")
                 await writer.drain()
-        except (ConnectionError, asyncio.TimeoutError):
+        except (TimeoutError, ConnectionError):
             pass
         finally:
             writer.close()

@@ -23,8 +23,8 @@ import contextlib
 import ctypes
 import hashlib
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Iterator
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
@@ -100,7 +100,7 @@ def lab_namespaces(lab: str | None = None) -> list[str]:
 @contextlib.contextmanager
 def entered(netns: str) -> Iterator[None]:
     """Run the body with the calling thread inside `netns` (sockets made here stay there)."""
-    own = os.open(f"/proc/thread-self/ns/net", os.O_RDONLY)
+    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
     target = os.open(f"{NETNS_DIR}/{netns}", os.O_RDONLY)
     try:
         if _libc.setns(target, CLONE_NEWNET) != 0:
@@ -129,9 +129,8 @@ def write_sysctls(netns: str, values: dict[str, str]) -> None:
 
 
 def read_sysctl(netns: str, key: str) -> str:
-    with entered(netns):
-        with open("/proc/sys/" + key.replace(".", "/")) as f:
-            return f.read().strip()
+    with entered(netns), open("/proc/sys/" + key.replace(".", "/")) as f:
+        return f.read().strip()
 
 
 @dataclass
@@ -159,7 +158,7 @@ def veth_name(pod_netns: str) -> str:
 class Builder:
     """Creates namespaces and links; remembers what it made, in order, for an all-or-nothing up."""
 
-    def __init__(self, on_create: "callable[[str], None] | None" = None) -> None:  # type: ignore[valid-type]
+    def __init__(self, on_create: callable[[str], None] | None = None) -> None:  # type: ignore[valid-type]
         self.created: list[str] = []
         self._on_create = on_create
         self._sockets: dict[str, IPRoute] = {}

@@ -10,13 +10,9 @@ seen from a kernel; re-running it is how a learner starts over.
 
 from __future__ import annotations
 
-import asyncio
 import json
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar, cast
 
 import yaml
 
@@ -27,8 +23,6 @@ from kplab.lab import Lab, default_manifest
 
 LABS = REPO / "labs"
 FIRST = "00-welcome"
-T = TypeVar("T")
-_worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kplab-lab")
 
 
 @dataclass
@@ -78,49 +72,23 @@ def last_notebook(lab: str) -> str:
         return FIRST
 
 
-def off_loop(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-    """Call fn on a worker thread when this thread runs an asyncio loop (a Jupyter kernel does):
-    pyroute2's synchronous API cannot run inside a running loop."""
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return fn(*args, **kwargs)
-    return _worker.submit(fn, *args, **kwargs).result()
-
-
-class KernelLab:
-    """A Lab handle for notebooks: its methods run through `off_loop`, attributes read as they are."""
-
-    def __init__(self, lab: Lab) -> None:
-        self._lab = lab
-
-    def __getattr__(self, name: str) -> Any:
-        attr = getattr(self._lab, name)
-        if not callable(attr):
-            return attr
-        return lambda *a, **kw: off_loop(attr, *a, **kw)
-
-    def __repr__(self) -> str:
-        return f"<kplab lab {self._lab.name!r}>"
-
-
 def reset(notebook: str | None = None, lab: str | None = None) -> Lab:
     """Rebuild `lab` in `notebook`'s starting state (default: the notebook last reset to)."""
     name = lab or current_lab()
     start = start_of(notebook or last_notebook(name))
     sources = start.sources()
     try:
-        off_loop(Lab(name).down)
+        Lab(name).down()
     except KplabError:
         pass  # not up: nothing to take down
     try:
-        built = off_loop(Lab.up, name, mode=start.mode, manifests=sources, nodes=start.nodes)
+        built = Lab.up(name, mode=start.mode, manifests=sources, nodes=start.nodes)
     except LabError:  # up is all-or-nothing; on a loaded machine one more try usually succeeds
-        built = off_loop(Lab.up, name, mode=start.mode, manifests=sources, nodes=start.nodes)
+        built = Lab.up(name, mode=start.mode, manifests=sources, nodes=start.nodes)
     _marker(name).write_text(json.dumps({"notebook": start.notebook}))
     return built
 
 
 def start(notebook: str, lab: str | None = None) -> Lab:
     """A notebook's first cell: the lab in this notebook's starting state, as a Lab handle."""
-    return cast(Lab, KernelLab(reset(notebook, lab)))
+    return reset(notebook, lab)
