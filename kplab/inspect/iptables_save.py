@@ -1,7 +1,8 @@
 """`iptables-save` output as data: tables, chains, rules with their options and counters.
 
-Used wherever kplab reads iptables back: `kplab explain` (a real node's dump), per-endpoint
-counters (`iptables-save -c`), trace annotation.  It reads any rule, kube-proxy's or not,
+Used wherever kplab reads iptables back: the iptables mode (the chains and jumps already
+there, its `rules()` view), `kplab explain` (a real node's dump), per-endpoint counters
+(`iptables-save -c`), trace annotation.  It reads any rule, kube-proxy's or not,
 and never chokes on odd text (weave's ipset names hold `;`, `$`, `|`, `~`, `]`).
 
     >>> d = parse('*nat\\n:KUBE-SERVICES - [0:0]\\n-A KUBE-SERVICES -d 10.96.0.1/32 -j KUBE-SVC-X\\nCOMMIT\\n')
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from functools import cached_property
 
 ALIASES = {
     "--source": "-s",
@@ -27,33 +29,19 @@ ALIASES = {
     "--source-port": "--sport",
 }
 _COUNTERS = re.compile(r"^\[(\d+):(\d+)\]\s*")
+_QUOTED = re.compile(r'"((?:[^"\\]|\\.?)*)"?')  # an unclosed quote runs to the end of the line
+_TOKEN = re.compile(r'(?:[^\s"]|"(?:[^"\\]|\\.?)*"?)+')  # plain characters and quoted runs
+_ESCAPED = re.compile(r"""\\(["\\'])""")
+_NUMBER = re.compile(r"-\.?\d")  # a negative value, not an option
 
 
 def tokenize(line: str) -> list[str]:
     """Split like iptables-restore: whitespace separates, double quotes group, \\" escapes."""
-    out: list[str] = []
-    cur: list[str] = []
-    quoted = had_token = False
-    i = 0
-    while i < len(line):
-        c = line[i]
-        if quoted and c == "\\" and i + 1 < len(line) and line[i + 1] in "\"\\'":
-            cur.append(line[i + 1])
-            i += 2
-            continue
-        if c == '"':
-            quoted = not quoted
-            had_token = True
-        elif c.isspace() and not quoted:
-            if cur or had_token:
-                out.append("".join(cur))
-            cur, had_token = [], False
-        else:
-            cur.append(c)
-        i += 1
-    if cur or had_token:
-        out.append("".join(cur))
-    return out
+    return [_QUOTED.sub(_unquote, t) if '"' in t else t for t in _TOKEN.findall(line)]
+
+
+def _unquote(m: re.Match[str]) -> str:
+    return _ESCAPED.sub(r"\1", m.group(1))
 
 
 @dataclass
@@ -71,9 +59,13 @@ class Rule:
     chain: str
     number: int  # 1-based position in its chain, as `iptables -L --line-numbers` and TRACE show
     text: str  # the line as written (without counters)
-    options: list[Option] = field(default_factory=list)
     packets: int | None = None  # from `iptables-save -c`
     bytes: int | None = None
+
+    @cached_property
+    def options(self) -> list[Option]:
+        """Parsed on first use: a sync reads ~100k rules but looks into a few."""
+        return parse_options(tokenize(self.text)[2:])
 
     def opt(self, name: str) -> Option | None:
         for o in self.options:
@@ -107,6 +99,8 @@ class Chain:
     name: str
     policy: str = "-"  # ACCEPT/DROP for built-in chains, "-" for user chains
     rules: list[Rule] = field(default_factory=list)
+    packets: int = 0  # the policy's counters (`:INPUT ACCEPT [3:180]`)
+    bytes: int = 0
 
 
 @dataclass
@@ -139,21 +133,13 @@ def parse_options(tokens: list[str]) -> list[Option]:
             else:
                 negate = True
             continue
-        if tok.startswith("-") and len(tok) > 1 and not _is_number(tok):
+        if tok.startswith("-") and len(tok) > 1 and not _NUMBER.match(tok):
             cur = Option(ALIASES.get(tok, tok), [], negate)
             out.append(cur)
             negate = False
         elif cur is not None:
             cur.values.append(tok)
     return out
-
-
-def _is_number(tok: str) -> bool:
-    try:
-        float(tok)
-    except ValueError:
-        return False
-    return True
 
 
 def parse(text: str) -> Dump:
@@ -174,21 +160,23 @@ def parse(text: str) -> Dump:
         if line.startswith(":"):
             parts = line[1:].split()
             if parts:
-                table.setdefault(parts[0], Chain(parts[0], parts[1] if len(parts) > 1 else "-"))
+                m = _COUNTERS.match(parts[2]) if len(parts) > 2 else None
+                counts = (int(m.group(1)), int(m.group(2))) if m else (0, 0)
+                table.setdefault(parts[0], Chain(parts[0], parts[1] if len(parts) > 1 else "-", [], *counts))
             continue
         packets = nbytes = None
         m = _COUNTERS.match(line)
         if m:
             packets, nbytes = int(m.group(1)), int(m.group(2))
             line = line[m.end() :]
-        tokens = tokenize(line)
+        tokens = line.split(None, 2)  # the command and the chain: no quotes in either
         if len(tokens) == 2 and tokens[0] in ("-X", "--delete-chain"):
             table.pop(tokens[1], None)  # restore input deleting a stale chain
             continue
         if len(tokens) < 2 or tokens[0] not in ("-A", "--append", "-I", "--insert"):
             continue
         chain = table.setdefault(tokens[1], Chain(tokens[1]))
-        rule = Rule(table_name, chain.name, 0, line, parse_options(tokens[2:]), packets, nbytes)
+        rule = Rule(table_name, chain.name, 0, line, packets, nbytes)
         if tokens[0] in ("-I", "--insert"):
             chain.rules.insert(0, rule)
         else:
