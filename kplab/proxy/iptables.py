@@ -31,7 +31,8 @@ from typing import Any
 
 from kplab.cluster.run import run
 from kplab.errors import EnvironmentProblem, ProxierError
-from kplab.proxy import iptables_save as saved
+from kplab.inspect.iptables_save import Dump, parse
+from kplab.proxy import iptables_jumps as jumps
 from kplab.proxy.base import Availability, Proxier, SyncResult
 from kplab.proxy.core import ProxyState
 from kplab.proxy.iptables_rules import (
@@ -134,7 +135,7 @@ class IptablesProxier(Proxier):
         return re.findall(r"\binet (\d+\.\d+\.\d+\.\d+)/", out)
 
     def _canary_present(self, tools: tuple[str, str, str]) -> bool:
-        return bool(self._run([tools[0], "-w", "5", "-t", "mangle", "-S", saved.CANARY], check=False).ok)
+        return bool(self._run([tools[0], "-w", "5", "-t", "mangle", "-S", jumps.CANARY], check=False).ok)
 
     def sync(self, state: ProxyState) -> SyncResult:
         start = time.monotonic()
@@ -159,10 +160,10 @@ class IptablesProxier(Proxier):
         self, state: ProxyState, data: dict[str, Any], tools: tuple[str, str, str], full: bool
     ) -> SyncResult:
         existing: set[str]
-        current: saved.Tables = {}
+        current = Dump()
         if full:
-            current = saved.parse(self._run([tools[1]]).stdout)
-            existing = {c for c in current.get("nat", {}) if c.startswith(SERVICE_CHAIN_PREFIXES)}
+            current = parse(self._run([tools[1]]).stdout)
+            existing = {c for c in current.chains("nat") if c.startswith(SERVICE_CHAIN_PREFIXES)}
             self._node_facts(data, state)
         else:
             existing = set(data.get("annotations", {}))
@@ -180,7 +181,7 @@ class IptablesProxier(Proxier):
         text = ruleset.text
         if full:
             declared = {"filter": {"KUBE-FIREWALL"} if "-A KUBE-FIREWALL " in text else set()}
-            text = saved.merge(text, saved.ensure_lines(current, declared))
+            text = jumps.merge(text, jumps.ensure_lines(current, declared))
         self._dirty.parent.mkdir(parents=True, exist_ok=True)
         self._dirty.touch()
         if self.ctx.options.get("keep_input"):  # the exact kernel input, for bench/ and curious readers
@@ -188,7 +189,7 @@ class IptablesProxier(Proxier):
         res = self._run([tools[2], "-w", "5", "--noflush", "--counters"], input=text, check=False,
                         timeout=RESTORE_TIMEOUT)  # fmt: skip
         if not res.ok:
-            lines = saved.failing_lines(text, res.stderr)
+            lines = jumps.failing_lines(text, res.stderr)
             first = (res.stderr.strip().splitlines() or [f"exit {res.returncode}"])[0]
             raise ProxierError(f"iptables-restore in {self.ctx.netns} failed: {first}", lines)
         data.update(digests=digests, annotations=ruleset.annotations, last_size=text.count("\n"))
@@ -205,7 +206,7 @@ class IptablesProxier(Proxier):
             self._dirty.unlink(missing_ok=True)
             return
         tools = self._tools(data)
-        text = saved.cleanup_input(saved.parse(self._run([tools[1]]).stdout))
+        text = jumps.cleanup_input(parse(self._run([tools[1]]).stdout))
         if text:
             self._run([tools[2], "-w", "5", "--noflush"], input=text)
         for name in data.get("nfacct_created", []):
@@ -221,8 +222,8 @@ class IptablesProxier(Proxier):
 
         data = self._load()
         tools = self._tools(data)
-        tables = saved.parse(self._run([tools[1], "-c"]).stdout)
-        return rules_view(tables, data.get("annotations", {}), backend=data["backend"], node=self.ctx.node)
+        dump = parse(self._run([tools[1], "-c"]).stdout)
+        return rules_view(dump, data.get("annotations", {}), backend=data["backend"], node=self.ctx.node)
 
     @classmethod
     def doctor(cls) -> Availability:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from kplab.proxy.iptables_save import Chain, Tables
+from kplab.inspect.iptables_save import Chain, Dump
 
 SHOWN_TABLES = ("nat", "filter")
 
@@ -28,14 +28,11 @@ def _annotation(chain: Chain, known: dict[str, list[str]]) -> dict[str, str]:
         )
         if m:
             note = {"service": m.group(1)}
-            dnat = re.search(r"--to-destination (\S+)", rule.spec)
-            if chain.name.startswith("KUBE-SEP-") and dnat is None:
-                dnat = next(
-                    (re.search(r"--to-destination (\S+)", r.spec) for r in chain.rules if "DNAT" in r.spec),
-                    None,
-                )
-            if dnat:
-                note["endpoint"] = dnat.group(1)
+            endpoint = rule.value("--to-destination")
+            if chain.name.startswith("KUBE-SEP-") and not endpoint:
+                endpoint = next((r.value("--to-destination") for r in chain.rules if "DNAT" in r.text), "")
+            if endpoint:
+                note["endpoint"] = endpoint
             return note
     return {}
 
@@ -51,13 +48,11 @@ def _label(note: dict[str, str]) -> str:
     return text
 
 
-def rules_view(
-    tables: Tables, annotations: dict[str, list[str]], *, backend: str, node: str
-) -> dict[str, Any]:
+def rules_view(dump: Dump, annotations: dict[str, list[str]], *, backend: str, node: str) -> dict[str, Any]:
     data: dict[str, Any] = {"mode": "iptables", "backend": backend, "node": node, "tables": {}}
     lines = [f"# iptables ({backend}) on {node}: packets bytes rule"]
     for tname in SHOWN_TABLES:
-        chains = tables.get(tname, {})
+        chains = dump.chains(tname)
         tdata: dict[str, Any] = {}
         lines.append(f"*{tname}")
         for chain in chains.values():
@@ -74,9 +69,9 @@ def rules_view(
                 "annotation": note,
                 "rules": [
                     {
-                        "rule": r.spec,
-                        "packets": r.packets,
-                        "bytes": r.bytes,
+                        "rule": r.text,
+                        "packets": r.packets or 0,
+                        "bytes": r.bytes or 0,
                         "target": r.target,
                         "comment": r.comment,
                     }
@@ -86,8 +81,8 @@ def rules_view(
             label = _label(note)
             lines.append(f"Chain {chain.name}" + (f"   # {label}" if label else ""))
             for r in chain.rules:
-                body = r.spec.split(" ", 2)[2] if r.spec.count(" ") >= 2 else ""
-                lines.append(f"  {r.packets:>8} {r.bytes:>10}  {body}")
+                body = r.text.split(" ", 2)[2] if r.text.count(" ") >= 2 else ""
+                lines.append(f"  {r.packets or 0:>8} {r.bytes or 0:>10}  {body}")
         data["tables"][tname] = tdata
     data["text"] = "\n".join(lines) + "\n"
     return data

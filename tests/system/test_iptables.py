@@ -11,7 +11,8 @@ import json
 import pytest
 
 from kplab.cluster.run import run
-from kplab.proxy.iptables_save import JUMPS, parse
+from kplab.inspect.iptables_save import parse
+from kplab.proxy.iptables_jumps import JUMPS
 
 pytestmark = [pytest.mark.root]
 
@@ -40,7 +41,7 @@ def save(lab, node: str, *flags: str):
 
 
 def chain_counters(lab, node: str) -> dict[str, int]:
-    nat = save(lab, node, "-c")["nat"]
+    nat = save(lab, node, "-c").chains("nat")
     return {name: sum(r.packets for r in c.rules) for name, c in nat.items() if name.startswith("KUBE-SEP-")}
 
 
@@ -51,10 +52,10 @@ def state_file(lab, node: str) -> dict:
 def test_jump_rules_and_canaries_exist(lab):
     tables = save(lab, "node-1")
     for table, src, dst, _extra, comment in JUMPS:
-        rules = tables[table][src].rules
-        assert any(r.target == dst and comment in r.spec for r in rules), f"{table} {src} -> {dst}"
+        rules = tables.rules(table, src)
+        assert any(r.target == dst and comment in r.text for r in rules), f"{table} {src} -> {dst}"
     for table in ("filter", "nat", "mangle"):
-        assert "KUBE-PROXY-CANARY" in tables[table]
+        assert "KUBE-PROXY-CANARY" in tables.chains(table)
 
 
 def test_partial_sync_rewrites_only_the_changed_service(lab):
@@ -85,9 +86,9 @@ def test_stale_chains_are_deleted(lab):
         for c, note in state_file(lab, "node-1")["annotations"].items()
         if note[0].startswith("default/extra")
     }
-    assert extra and extra <= set(save(lab, "node-1")["nat"])
+    assert extra and extra <= set(save(lab, "node-1").chains("nat"))
     lab.delete(EXTRA)
-    nat = set(save(lab, "node-1")["nat"])
+    nat = set(save(lab, "node-1").chains("nat"))
     assert not extra & nat, f"stale chains left: {sorted(extra & nat)}"
 
 

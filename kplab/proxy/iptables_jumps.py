@@ -1,17 +1,18 @@
-"""Reading `iptables-save [-c]` output, and the restore inputs built from what is already there.
+"""Upstream's jump rules and canary chains, as restore input built from the tables already there.
 
-The iptables mode needs the kernel's current tables in three places, all parsed here:
+The kernel's tables are read with `kplab.inspect.iptables_save.parse`; from them:
 
 * a full sync ensures upstream's jump rules (PREROUTING -> KUBE-SERVICES, ...) and the
-  KUBE-PROXY-CANARY chains exist (`ensure_lines`), and finds stale service chains;
+  KUBE-PROXY-CANARY chains exist (`ensure_lines`, added to its restore by `merge`);
 * `cleanup` removes every KUBE-* chain and every jump to one (`cleanup_input`);
-* `rules()` shows the chains with their packet counters (`parse`).
+* a failed restore is reported with the input lines it names (`failing_lines`).
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+
+from kplab.inspect.iptables_save import Dump
 
 CANARY = "KUBE-PROXY-CANARY"
 
@@ -64,57 +65,6 @@ JUMPS: tuple[tuple[str, str, str, str, str], ...] = (
     ("filter", "OUTPUT", "KUBE-FIREWALL", "", ""),
 )
 BUILTIN = {"INPUT", "OUTPUT", "FORWARD", "PREROUTING", "POSTROUTING"}
-_COUNTED = re.compile(r"^\[(\d+):(\d+)\] (.*)$")
-_CHAIN = re.compile(r"^:(\S+) (\S+)(?: \[(\d+):(\d+)\])?")
-
-
-@dataclass
-class Rule:
-    spec: str  # "-A CHAIN ..." as iptables-save prints it
-    packets: int = 0
-    bytes: int = 0
-
-    @property
-    def target(self) -> str:
-        m = re.search(r"(?:^| )-[jg] (\S+)", self.spec)
-        return m.group(1) if m else ""
-
-    @property
-    def comment(self) -> str:
-        m = re.search(r'--comment (?:"((?:[^"\\]|\\.)*)"|(\S+))', self.spec)
-        return "" if m is None else (m.group(1) if m.group(1) is not None else m.group(2))
-
-
-@dataclass
-class Chain:
-    name: str
-    policy: str = "-"
-    packets: int = 0
-    bytes: int = 0
-    rules: list[Rule] = field(default_factory=list)
-
-
-Tables = dict[str, dict[str, Chain]]
-
-
-def parse(text: str) -> Tables:
-    """iptables-save output (with or without -c) as table -> chain -> Chain."""
-    tables: Tables = {}
-    chains: dict[str, Chain] = {}
-    for raw in text.splitlines():
-        line = raw.strip()
-        if line.startswith("*"):
-            chains = tables.setdefault(line[1:], {})
-        elif line.startswith(":"):
-            m = _CHAIN.match(line)
-            if m:
-                chains[m.group(1)] = Chain(m.group(1), m.group(2), int(m.group(3) or 0), int(m.group(4) or 0))
-        elif line.startswith(("[", "-A ")):
-            m = _COUNTED.match(line)
-            packets, nbytes, spec = (int(m.group(1)), int(m.group(2)), m.group(3)) if m else (0, 0, line)
-            name = spec.split(" ", 2)[1]
-            chains.setdefault(name, Chain(name)).rules.append(Rule(spec, packets, nbytes))
-    return tables
 
 
 def jump_matches(dst: str, extra: str, comment: str) -> str:
@@ -123,24 +73,23 @@ def jump_matches(dst: str, extra: str, comment: str) -> str:
     return " ".join(p for p in parts if p)
 
 
-def _has_jump(tables: Tables, table: str, src: str, dst: str, comment: str) -> bool:
-    chain = tables.get(table, {}).get(src)
-    return chain is not None and any(r.target == dst and comment in r.spec for r in chain.rules)
+def _has_jump(dump: Dump, table: str, src: str, dst: str, comment: str) -> bool:
+    return any(r.target == dst and comment in r.text for r in dump.rules(table, src))
 
 
-def ensure_lines(tables: Tables, declared: dict[str, set[str]]) -> dict[str, list[str]]:
+def ensure_lines(dump: Dump, declared: dict[str, set[str]]) -> dict[str, list[str]]:
     """Per table, the restore lines that create what upstream's EnsureChain/EnsureRule and the
     canary monitor would create, for what is missing (`declared`: chains the restore declares)."""
     out: dict[str, list[str]] = {"filter": [], "nat": [], "mangle": []}
     for table, lines in out.items():
-        if CANARY not in tables.get(table, {}):
+        if CANARY not in dump.chains(table):
             lines.append(f":{CANARY} - [0:0]")
     for table, src, dst, extra, comment in JUMPS:
-        if dst not in tables.get(table, {}) and dst not in declared.get(table, set()):
+        if dst not in dump.chains(table) and dst not in declared.get(table, set()):
             line = f":{dst} - [0:0]"
             if line not in out[table]:
                 out[table].append(line)
-        if not _has_jump(tables, table, src, dst, comment):
+        if not _has_jump(dump, table, src, dst, comment):
             out[table].append(f"-I {src} 1 " + jump_matches(dst, extra, comment))
     return out
 
@@ -166,22 +115,18 @@ def merge(restore: str, extra: dict[str, list[str]]) -> str:
     return "\n".join(out) + "\n"
 
 
-def cleanup_input(tables: Tables) -> str:
+def cleanup_input(dump: Dump) -> str:
     """Restore input that deletes every jump to a KUBE-* chain and every KUBE-* chain."""
     out: list[str] = []
-    for table, chains in tables.items():
+    for table, chains in dump.tables.items():
         ours = sorted(c for c in chains if c.startswith("KUBE-"))
-        jumps = [
-            r.spec
-            for c in chains.values()
-            for r in c.rules
-            if r.target.startswith("KUBE-") and c.name in BUILTIN
-        ]
+        builtin = [c for c in chains.values() if c.name in BUILTIN]  # the targets of these rules only
+        jumps = [r.text for c in builtin for r in c.rules if r.target.startswith("KUBE-")]
         if not ours and not jumps:
             continue
         out.append(f"*{table}")
         out += [f":{c} - [0:0]" for c in ours]
-        out += ["-D" + spec[2:] for spec in jumps]
+        out += ["-D" + text[2:] for text in jumps]
         out += [f"-X {c}" for c in ours]
         out.append("COMMIT")
     return "\n".join(out) + "\n" if out else ""
