@@ -17,7 +17,7 @@ import re
 from typing import TYPE_CHECKING
 
 from kplab.inspect.iptables_save import Dump, Rule
-from kplab.inspect.views import EndpointView, Entry, Explanation, ServiceView, cascade_shares, uneven
+from kplab.inspect.views import EndpointView, Entry, Explanation, ServiceView, cascade_shares, dispatch
 from kplab.proxy.naming import IPTABLES_HASH_LEN, iptables_sep_chain, port_proto_hash
 
 if TYPE_CHECKING:
@@ -101,7 +101,7 @@ class _Reader:
         self._filter()
         for h, v in self.views.items():
             self._name(h, v)
-            self._dispatch(v)
+            dispatch(v, self._endpoints)
             self._external(v)
         for v in self.views.values():
             dispatching = "svc" in v.chains or "local" in v.chains
@@ -247,15 +247,6 @@ class _Reader:
             and iptables_sep_chain(v.name, v.protocol, ep.address) != ep.chain
         ):
             v.anomalies.append(f"{ep.chain} does not hash from {v.name} -> {ep.address}")
-
-    def _dispatch(self, v: ServiceView) -> None:
-        if "svc" in v.chains:
-            v.endpoints = self._endpoints(v, v.chains["svc"])
-        if "local" in v.chains:
-            v.local_endpoints = self._endpoints(v, v.chains["local"])
-        for eps in (v.endpoints, v.local_endpoints):
-            if msg := uneven(eps):
-                v.anomalies.append(msg)
 
     def _external(self, v: ServiceView) -> None:
         if not any(e.kind not in ("ClusterIP", "HealthCheck") for e in v.entries):

@@ -14,7 +14,7 @@ import re
 from typing import TYPE_CHECKING
 
 from kplab.inspect.nft_text import NftChain, NftSet, NftTable, Ruleset, parse_elements
-from kplab.inspect.views import EndpointView, Entry, Explanation, ServiceView, uneven
+from kplab.inspect.views import EndpointView, Entry, Explanation, ServiceView, dispatch
 from kplab.proxy.naming import hash_and_truncate
 
 if TYPE_CHECKING:
@@ -80,7 +80,7 @@ class _Reader:
                         v.anomalies.append(f"{name}: the hash is not upstream's hash of {base!r}")
             self._maps()
             for v in self.views.values():
-                self._dispatch(v)
+                dispatch(v, self._endpoints)
                 self._external(v)
             self._orphans()
         for v in self.views.values():
@@ -195,15 +195,6 @@ class _Reader:
             if m:
                 return m.group(1)
         return "?"
-
-    def _dispatch(self, v: ServiceView) -> None:
-        if "svc" in v.chains:
-            v.endpoints = self._endpoints(v, v.chains["svc"])
-        if "local" in v.chains:
-            v.local_endpoints = self._endpoints(v, v.chains["local"])
-        for eps in (v.endpoints, v.local_endpoints):
-            if msg := uneven(eps):
-                v.anomalies.append(msg)
 
     def _external(self, v: ServiceView) -> None:
         if not any(e.kind != "ClusterIP" for e in v.entries):

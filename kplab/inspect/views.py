@@ -8,6 +8,7 @@ anomalies.  `text()` is the human view, `to_dict()` the `-o json` one.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -104,6 +105,17 @@ def uneven(endpoints: list[EndpointView]) -> str:
         return ""
     listing = ", ".join(f"{e.address} {e.share:.1f}%" for e in endpoints)
     return f"uneven weights: {listing} (an even split is {100 / len(shares):.1f}% each)"
+
+
+def dispatch(v: ServiceView, endpoints: Callable[[ServiceView, str], list[EndpointView]]) -> None:
+    """Fill v's endpoints from its svc and local chains (`endpoints` reads one chain), noting uneven weights."""
+    if "svc" in v.chains:
+        v.endpoints = endpoints(v, v.chains["svc"])
+    if "local" in v.chains:
+        v.local_endpoints = endpoints(v, v.chains["local"])
+    for eps in (v.endpoints, v.local_endpoints):
+        if msg := uneven(eps):
+            v.anomalies.append(msg)
 
 
 def _endpoint_lines(label: str, eps: list[EndpointView]) -> list[str]:
