@@ -28,6 +28,7 @@ chains rewritten, map elements diffed, stale chains flushed now and deleted > 1 
 
 from __future__ import annotations
 
+import gc
 import json
 import marshal
 import os
@@ -362,6 +363,8 @@ class NftablesProxier(Proxier):
         start = time.monotonic()
         counters = bool(self.ctx.options.get("counters", True))
         memory = self._memory()
+        gc_was_on = gc.isenabled()
+        gc.disable()  # plans allocate many small objects next to a big long-lived state: no GC passes
         try:
             usable = memory if memory.config() is not None else None
             existing = _existing(self.ctx.netns) if usable is None else None
@@ -377,6 +380,8 @@ class NftablesProxier(Proxier):
             memory.commit(p.delta)
         finally:
             memory.close()
+            if gc_was_on:
+                gc.enable()
         return SyncResult(
             full=p.full, changed_services=p.changed, seconds=time.monotonic() - start, size=p.tx.ops
         )
