@@ -197,11 +197,7 @@ def test_switching_modes_leaves_nothing_behind(lab):
 def test_upstream_goldens_load_in_the_kernel():
     """The rendered TestOverallNFTablesRules transaction, with and without counters, is accepted
     by nft in a scratch network namespace and holds the chains the golden dump has."""
-    import sys
-    from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).parents[1] / "unit"))
-    from nftables_upstream import DATA, Ruleset, load_state
+    from nftables_upstream import DATA, Ruleset, load_state  # tests/unit is on pytest's pythonpath
 
     state = load_state(DATA / "overall" / "manifests.yaml")
     for counters in (False, True):
