@@ -16,11 +16,15 @@ from typing import Any
 from kplab.bench import report
 from kplab.errors import EnvironmentProblem
 
-COLORS = {"iptables": "#d62728", "nftables": "#1f77b4", "ipvs": "#2ca02c", "userspace": "#9467bd"}
+COLORS = {"iptables": "#d62728", "nftables": "#1f77b4", "ipvs": "#2ca02c", "userspace": "#9467bd",
+          "iptables (legacy)": "#ff7f0e"}
 
 
 def rows_by_mode(kind: str, results: Path | None = None) -> dict[str, list[dict[str, Any]]]:
-    """Rows of the newest `<kind>*.json` result per mode, sorted by the number of Services."""
+    """Rows of the newest `<kind>*.json` result per mode, sorted by the number of Services.
+
+    A result made with `--option iptables_backend=legacy` is its own curve, "iptables (legacy)".
+    """
     folder = Path(results) if results else report.results_dir()
     out: dict[str, list[dict[str, Any]]] = {}
     files = sorted(folder.glob(f"{kind}*.json"), key=lambda p: p.stat().st_mtime)
@@ -29,12 +33,17 @@ def rows_by_mode(kind: str, results: Path | None = None) -> dict[str, list[dict[
             data = json.loads(f.read_text())
         except (OSError, ValueError):
             continue
-        if not isinstance(data, dict) or not str(data.get("bench", "")).startswith(kind):
+        if not isinstance(data, dict):
             continue
-        modes = {r.get("mode") or data.get("params", {}).get("mode") for r in data.get("rows", [])}
+        params = data.get("params", {})
+        if data.get("bench") not in (kind, f"{kind}-{params.get('mode')}"):
+            continue  # e.g. sync-cpu: other figures
+        backend = (params.get("options") or {}).get("iptables_backend")
+        modes = {r.get("mode") or params.get("mode") for r in data.get("rows", [])}
         for m in modes:
-            rows = [dict(r, mode=m) for r in data["rows"] if (r.get("mode") or data["params"].get("mode")) == m]
-            out[str(m)] = sorted(rows, key=lambda r: r.get("services", 0))
+            rows = [dict(r, mode=m) for r in data["rows"] if (r.get("mode") or params.get("mode")) == m]
+            label = f"{m} ({backend})" if backend else str(m)  # e.g. iptables (legacy) beside iptables (nft)
+            out[label] = sorted(rows, key=lambda r: r.get("services", 0))
     return out
 
 
@@ -48,23 +57,32 @@ def _figure(panels: int) -> Any:
 
 
 def latency_figure(data: dict[str, list[dict[str, Any]]]) -> Any:
-    """p50 and p99 connect() time to the first and the last Service, per mode, with the pod-IP baseline."""
-    fig, axes = _figure(2)
-    for ax, q in zip(axes, ("p50", "p99")):
-        for mode, rows in sorted(data.items()):
-            c = COLORS.get(mode, "gray")
-            pts = [r for r in rows if r.get("services")]
-            xs = [r["services"] for r in pts]
-            ax.plot(xs, [r.get(f"last_{q}_us") for r in pts], "o-", color=c, label=f"{mode}: last Service")
-            ax.plot(xs, [r.get(f"first_{q}_us") for r in pts], "s--", color=c, alpha=0.6, label=f"{mode}: first Service")
-            ax.plot([r["services"] for r in rows], [r.get(f"base_{q}_us") for r in rows], ":", color=c, linewidth=1,
-                    label=f"{mode}: baseline (pod IP, node without Services)")
+    """Connect p50 to the first and last Service per mode: as a ratio to the baseline sampled in
+    the same loop (left: robust on a busy machine), and in microseconds with that baseline (right)."""
+    fig, (rel, ab) = _figure(2)
+    for mode, rows in sorted(data.items()):
+        c = COLORS.get(mode, "gray")
+        pts = [r for r in rows if r.get("services")]
+        xs = [r["services"] for r in pts]
+        for target, style, alpha in (("last", "o-", 1.0), ("first", "s--", 0.6)):
+            rel.plot(xs, [r.get(f"{target}_ratio") for r in pts], style, color=c, alpha=alpha,
+                     label=f"{mode}: {target} Service")
+            ab.plot(xs, [r.get(f"{target}_p50_us") for r in pts], style, color=c, alpha=alpha,
+                    label=f"{mode}: {target} Service")
+        rel.plot(xs, [r.get("pod_ratio") for r in pts], "^:", color=c, alpha=0.5,
+                 label=f"{mode}: pod IP through the loaded node")
+        ab.plot([r["services"] for r in rows], [r.get("base_p50_us") for r in rows], ":", color=c, linewidth=1,
+                label=f"{mode}: baseline (pod IP, node without Services)")
+    rel.axhline(1.0, color="black", linewidth=0.8)
+    rel.set_ylabel("connect() p50 / baseline p50 (same loop)")
+    rel.set_title("New-connection latency, relative to the baseline")
+    ab.set_ylabel("TCP connect() p50, µs")
+    ab.set_title("New-connection latency (p50)")
+    for ax in (rel, ab):
         ax.set_xlabel("Services in the ruleset")
-        ax.set_ylabel(f"TCP connect() {q}, µs")
-        ax.set_title(f"New-connection latency ({q})")
         ax.set_ylim(bottom=0)
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=7)
+        ax.legend(fontsize=7)
     return fig
 
 
@@ -78,9 +96,9 @@ def sync_figure(data: dict[str, list[dict[str, Any]]]) -> Any:
             ax.plot(xs, [r[f"{key}_kplab"] for r in rows], "o-", color=c, label=f"{mode}: kplab sync()")
             ax.plot(xs, [r[f"{key}_raw"] for r in rows], "x:", color=c, label=f"{mode}: raw loader, same input")
         ax.set_xlabel("Services (2 endpoints each)")
-        ax.set_ylabel("seconds")
+        ax.set_ylabel("seconds (log scale)")
         ax.set_title(title)
-        ax.set_ylim(bottom=0)
+        ax.set_yscale("log")  # the modes and backends differ by orders of magnitude
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7)
     return fig
