@@ -45,7 +45,8 @@ from kplab.errors import KplabError, LabError
 
 DEFAULT_SIZES = (100, 1000, 2000, 5000, 10000)
 DEFAULT_MODES = ("iptables", "nftables")
-IPTABLES_ORDERED = ("iptables", "userspace")  # modes whose per-Service rules are walked in order
+# modes whose per-Service rules a new connection from a pod walks in order, and that chain
+DISPATCH_CHAIN = {"iptables": "KUBE-SERVICES", "userspace": "KUBE-PORTALS-CONTAINER"}
 ECHO_PORT = 8080
 SYN_RETRANSMIT_US = 200_000  # a connect this slow waited for a SYN retransmission (1 s)
 PROBE = str(Path(__file__).with_name("probe.py"))  # run as a file: no package import in the sampler
@@ -95,12 +96,13 @@ def parse_sizes(text: str | Sequence[int]) -> list[int]:
 
 
 def _targets_in_order(netns: str, mode: str, ips: dict[str, str]) -> list[str]:
-    """Bench Service IPs in the order the node's nat rules test them (iptables-walked modes)."""
-    if mode not in IPTABLES_ORDERED:
+    """Bench Service IPs in the order the node's dispatch chain tests them (iptables-walked modes)."""
+    if mode not in DISPATCH_CHAIN:
         return []
     text = run(["iptables-save", "-t", "nat"], netns, timeout=300).stdout
     seen: dict[str, None] = {}
-    for m in re.finditer(r"^-A \S+ .*?-d (\d+\.\d+\.\d+\.\d+)/32 ", text, re.MULTILINE):
+    chain = re.escape(DISPATCH_CHAIN[mode])
+    for m in re.finditer(rf"^-A {chain} .*?-d (\d+\.\d+\.\d+\.\d+)/32 ", text, re.MULTILINE):
         if m.group(1) in ips:
             seen.setdefault(m.group(1))
     return list(seen)
@@ -112,7 +114,7 @@ def first_last(netns: str, mode: str, n: int, taken: frozenset[str]) -> tuple[st
     by_ip = {ip: i for i, ip in enumerate(ips)}
     order = _targets_in_order(netns, mode, by_ip)
     if len(order) >= 2:
-        return order[0], order[-1], "first/last rule in the nat table (iptables-save order)"
+        return order[0], order[-1], f"first/last rule of {DISPATCH_CHAIN[mode]} (read back with iptables-save)"
     return ips[0], ips[-1], "lowest/highest bench Service: a hash lookup, any two are equivalent"
 
 

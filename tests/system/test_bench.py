@@ -37,7 +37,7 @@ def test_latency_tiny_with_plot_and_table(tmp_path):
             assert row[f"{target}_ratio"] == pytest.approx(row[f"{target}_p50_us"] / row["base_p50_us"]), \
                 "the baseline is measured in the same loop"
         assert row["first_ip"] != row["last_ip"]
-    assert "nat table" in rows[("iptables", 10)]["pick"], "iptables: first/last read back from the kernel"
+    assert "KUBE-SERVICES" in rows[("iptables", 10)]["pick"], "iptables: first/last read back from the kernel"
     assert "equivalent" in rows[("nftables", 10)]["pick"]
     assert lab_namespaces("tblat") == []
 
