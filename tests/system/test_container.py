@@ -181,8 +181,7 @@ def project(engine: list[str], context: Path) -> dict[str, Any]:
 
 
 def compose(project: dict[str, Any], *args: str, timeout: float = 180, check: bool = True) -> str:
-    cp = sh([*project["cmd"], *args], timeout=timeout, env=project["env"], cwd=project["context"], check=check)
-    return cp.stdout + cp.stderr
+    return sh([*project["cmd"], *args], timeout=timeout, env=project["env"], cwd=project["context"], check=check).stdout
 
 
 def kplab_images() -> set[str]:
@@ -271,8 +270,11 @@ def in_container(cid: str, *argv: str, timeout: float = 120, check: bool = True)
 
 @pytest.fixture(scope="module")
 def stack(project: dict[str, Any], image: str) -> str:
-    """`docker compose up -d` with the image built above; the container id once healthy."""
-    compose(project, "up", "-d", "--no-build", "lab")
+    """`docker compose up -d`, the workshop path, with the image built above; the container id once
+    healthy.  Only the `lab` service starts: `lab-ipvs` is behind its profile."""
+    compose(project, "up", "-d", "--no-build")
+    running = compose(project, "ps", "--services", "--filter", "status=running").split()
+    assert running == ["lab"], f"`docker compose up` started {running}"
     return wait_healthy(project)
 
 
@@ -326,7 +328,7 @@ def test_learner_work_survives_down_and_up(project: dict[str, Any], stack: str) 
     assert f"lab '{LAB}' removed" in logs, f"SIGTERM did not run `kplab down`:\n{logs[-2000:]}"
     assert state["ExitCode"] == 0, f"the container did not stop cleanly (exit {state['ExitCode']})"
     compose(project, "down", "-t", "90", timeout=150)
-    compose(project, "up", "-d", "--no-build", "lab")
+    compose(project, "up", "-d", "--no-build")
     cid = wait_healthy(project)
     assert cid != stack, "down/up should give a new container"
     assert in_container(cid, "cat", "/workspace/labs/notes.txt").stdout == "my notes\n"
