@@ -80,11 +80,28 @@ def load_nftables(text: str, netns: str, options: dict[str, str]) -> None:
     subprocess.run(["nsenter", f"--net=/run/netns/{netns}", "--", "nft", "-f", "-"], input=text, text=True, check=True)
 
 
+def prepare_ipvs(text: str, netns: str, options: dict[str, str]) -> None:
+    """Untimed: the kube-ipvs0 dummy kplab's IPVS mode creates on its node (the addresses go on it)."""
+    subprocess.run(["nsenter", f"--net=/run/netns/{netns}", "--", "ip", "link", "add", "kube-ipvs0", "type", "dummy"],
+                   check=True)  # fmt: skip
+
+
+def load_sections(text: str, netns: str, options: dict[str, str]) -> None:
+    """Each `### TOOL ARGS` section of the input fed to that plain tool (the IPVS mode's input: ip -batch,
+    ipset restore, iptables-restore --noflush, ipvsadm --restore)."""
+    for block in text.split("### ")[1:]:
+        tool, _, body = block.partition("\n")
+        if body.strip():
+            argv = ["nsenter", f"--net=/run/netns/{netns}", "--", *tool.split()]
+            subprocess.run(argv, input=body, text=True, check=True, capture_output=True)
+
+
 Loader = Callable[[str, str, dict[str, str]], None]
 # mode -> (untimed preparation of the raw netns, timed raw load of kplab's exact input)
 RAW_LOADERS: dict[str, tuple[Loader, Loader]] = {
     "iptables": (prepare_iptables, load_iptables),
     "nftables": (prepare_nothing, load_nftables),
+    "ipvs": (prepare_ipvs, load_sections),
 }
 
 

@@ -33,7 +33,7 @@ from typing import Any
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
-from kplab.cluster.netns import write_sysctls
+from kplab.cluster.netns import entered, write_sysctls
 from kplab.cluster.run import run
 from kplab.errors import EnvironmentProblem, ProxierError
 from kplab.proxy import ipvs_rules as R
@@ -98,31 +98,36 @@ class IpvsProxier(Proxier):
             raise EnvironmentProblem(f"this kernel has no IPVS: {FIX}")
         write_sysctls(self.ctx.netns, sysctls())
         saved = self._load()
-        ops = 0
-        with IPRoute(netns=self.ctx.netns) as ipr:
+        inputs: dict[str, list[str]] = {"ip -batch -": [], "ipvsadm --restore": []}  # what went to the kernel
+        with _iproute(self.ctx.netns) as ipr:
             dev = self._ensure_device(ipr)
             local = self._local_addresses(ipr, dev)
             nodeport_ips = tuple(a for a in local if _in_any(a, state.nodeport_addresses))
             plan = R.build_plan(state, scheduler, nodeport_ips=nodeport_ips, local_addrs=local)
-            ops += self._sync_ipsets(plan)
-            ops += self._sync_iptables(plan)
+            inputs["ipset restore"] = self._sync_ipsets(plan)
+            inputs["iptables-restore --noflush"] = self._sync_iptables(plan)
             bound = {a.get_attr("IFA_ADDRESS") for a in ipr.get_addr(index=dev, family=socket.AF_INET)}
             for addr in plan.bind_addrs:
                 if addr not in bound:
                     ipr.addr("add", index=dev, address=addr, prefixlen=32)
-                    ops += 1
-            with IpvsTable(self.ctx.netns) as kernel:
-                changed, n, graceful = self._sync_ipvs(kernel, plan, saved)
-                ops += n
+                    inputs["ip -batch -"].append(f"address add {addr}/32 dev {R.DUMMY_DEVICE}")
+            with IpvsTable(self.ctx.netns, log=inputs["ipvsadm --restore"]) as kernel:
+                changed, graceful = self._sync_ipvs(kernel, plan, saved)
             for addr in bound - set(plan.bind_addrs):
                 ipr.addr("del", index=dev, address=addr, prefixlen=32)
-                ops += 1
+                inputs["ip -batch -"].append(f"address del {addr}/32 dev {R.DUMMY_DEVICE}")
         servers = {
             sp.vs.key: {"fp": sp.fingerprint(), "service": sp.service, "kind": sp.kind} for sp in plan.servers
         }
         self._save({"servers": servers, "graceful": graceful, "scheduler": scheduler})
+        if self.ctx.options.get("keep_input"):  # for bench/sync: the same input, loaded by the plain tools
+            text = "".join(
+                f"### {tool}\n" + "".join(f"{x}\n" for x in lines) for tool, lines in inputs.items()
+            )
+            (Path(self.ctx.state_dir) / "last-input.txt").write_text(text)
+        size = sum(len(lines) for lines in inputs.values())
         return SyncResult(
-            full=not saved, changed_services=changed, seconds=time.monotonic() - start, size=ops
+            full=not saved, changed_services=changed, seconds=time.monotonic() - start, size=size
         )
 
     def _ensure_device(self, ipr: IPRoute) -> int:
@@ -149,73 +154,66 @@ class IpvsProxier(Proxier):
                 out.append(ip)
         return tuple(out)
 
-    def _sync_ipsets(self, plan: R.IpvsPlan) -> int:
+    def _sync_ipsets(self, plan: R.IpvsPlan) -> list[str]:
+        """One `ipset restore`: create every set (-exist), then only the membership differences."""
         current = R.parse_ipset_save(run(["ipset", "save"], self.ctx.netns).stdout)
         batch = R.ipset_restore(current, plan.ipsets)
         run(["ipset", "restore"], self.ctx.netns, input=batch)
-        return sum(1 for line in batch.splitlines() if not line.startswith("create"))
+        return batch.splitlines()
 
-    def _sync_iptables(self, plan: R.IpvsPlan) -> int:
+    def _sync_iptables(self, plan: R.IpvsPlan) -> list[str]:
+        """One `iptables-restore --noflush` of our chains, plus the jumps from built-in chains still missing."""
         saved = run(["iptables-save"], self.ctx.netns).stdout
         missing = [j for j in R.JUMPS if R.jump_line(j) not in saved]
         text = R.with_jumps(plan.iptables, R.jump_rules(missing))
         run(["iptables-restore", "--noflush"], self.ctx.netns, input=text)
-        return len(text.splitlines())
+        return text.splitlines()
 
-    def _sync_ipvs(
-        self, k: IpvsTable, plan: R.IpvsPlan, saved: dict[str, Any]
-    ) -> tuple[int, int, dict[str, Any]]:
-        """Virtual servers and real servers; returns (virtual servers touched, operations, graceful list)."""
+    def _sync_ipvs(self, k: IpvsTable, plan: R.IpvsPlan, saved: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        """Virtual servers and real servers; returns (virtual servers touched, the graceful list)."""
         have = k.services()
         before = saved.get("servers", {})
         graceful: dict[str, Any] = dict(saved.get("graceful", {}))
-        wanted = {sp.vs.key for sp in plan.servers}
-        changed = ops = 0
+        draining = {g.split("|")[0] for g in graceful}
+        changed = 0
         for sp in plan.servers:
             vs, key = sp.vs, sp.vs.key
-            pending = any(g.startswith(key + "|") for g in graceful)
+            current: dict[str, dict[str, Any]] = {}
             if key not in have:
                 k.service("add", vs)
-                current: dict[str, dict[str, Any]] = {}
-                ops += 1
             elif have[key][0] != vs:
-                k.service("set", vs)
+                k.service("set", vs)  # scheduler, persistence or flags changed: edited in place
                 current = k.dests(vs)
-                ops += 1
-            elif before.get(key, {}).get("fp") == sp.fingerprint() and not pending:
+            elif before.get(key, {}).get("fp") == sp.fingerprint() and key not in draining:
                 continue  # unchanged since our last sync: its real servers are not re-read
             else:
                 current = k.dests(vs)
             changed += 1
-            ops += self._sync_reals(k, sp, current, graceful)
+            self._sync_reals(k, sp, current, graceful)
+        wanted = {sp.vs.key for sp in plan.servers}
         for key, (vs, _) in have.items():
             if key not in wanted:
                 k.service("del", vs)  # upstream's cleanLegacyService
-                ops += 1
                 graceful = {g: v for g, v in graceful.items() if not g.startswith(key + "|")}
-        ops += self._reap(k, graceful, {sp.vs.key: sp for sp in plan.servers})
-        return changed, ops, graceful
+        self._reap(k, graceful, {sp.vs.key: sp.vs for sp in plan.servers})
+        return changed, graceful
 
     @staticmethod
     def _sync_reals(
         k: IpvsTable, sp: R.ServerPlan, current: dict[str, dict[str, Any]], graceful: dict[str, Any]
-    ) -> int:
-        ops = 0
+    ) -> None:
+        """Upstream's syncEndpoint: add what is missing, drain (weight 0) or delete what went away."""
         vs = sp.vs
         for rs in sp.reals:
             gkey = f"{vs.key}|{rs.key}"
-            if rs.key in current:
-                if gkey in graceful:  # back while draining: upstream deletes and re-adds it
-                    k.dest("del", vs, rs)
-                    del graceful[gkey]
-                elif current[rs.key]["rs"].weight != rs.weight:
-                    k.dest("set", vs, rs)  # upstream's initialSync weight reset
-                    ops += 1
-                    continue
-                else:
-                    continue
-            k.dest("add", vs, rs)
-            ops += 1
+            if rs.key not in current:
+                k.dest("add", vs, rs)
+            elif gkey in graceful:  # back while draining: upstream deletes and re-adds it
+                k.dest("del", vs, rs)
+                k.dest("add", vs, rs)
+                del graceful[gkey]
+            elif current[rs.key]["rs"].weight != rs.weight:
+                k.dest("set", vs, rs)  # upstream's initialSync weight reset
         wanted = {rs.key for rs in sp.reals}
         for key, info in current.items():
             gkey = f"{vs.key}|{key}"
@@ -225,27 +223,22 @@ class IpvsProxier(Proxier):
                 k.dest("del", vs, info["rs"])
             else:
                 k.dest("set", vs, info["rs"], weight=0)  # drain: no new connections
-                graceful[gkey] = {"vs": vs.key, "rs": key, "since": time.time()}
-            ops += 1
-        return ops
+                graceful[gkey] = {"since": time.time()}
 
-    def _reap(self, k: IpvsTable, graceful: dict[str, Any], plans: dict[str, R.ServerPlan]) -> int:
+    @staticmethod
+    def _reap(k: IpvsTable, graceful: dict[str, Any], servers: dict[str, R.VirtualServer]) -> int:
         """Delete draining real servers whose connections are gone (upstream's tryDeleteRs)."""
-        ops = 0
+        deleted = 0
         for gkey in sorted(graceful):
             vs_key, rs_key = gkey.split("|")
-            sp = plans.get(vs_key)
-            if sp is None:
+            vs = servers.get(vs_key)
+            info = k.dests(vs).get(rs_key) if vs else None
+            if info is not None and info["active"] + info["inactive"] == 0:
+                k.dest("del", vs, info["rs"])
+                deleted += 1
+            if info is None or info["active"] + info["inactive"] == 0:
                 del graceful[gkey]
-                continue
-            info = k.dests(sp.vs).get(rs_key)
-            if info is None:
-                del graceful[gkey]
-            elif info["active"] + info["inactive"] == 0:
-                k.dest("del", sp.vs, info["rs"])
-                del graceful[gkey]
-                ops += 1
-        return ops
+        return deleted
 
     def reap(self) -> int:
         """Run the graceful-termination check alone; returns how many real servers it deleted."""
@@ -253,14 +246,11 @@ class IpvsProxier(Proxier):
         graceful = dict(saved.get("graceful", {}))
         if not graceful:
             return 0
-        before = len(graceful)
         with IpvsTable(self.ctx.netns) as k:
-            self._reap(
-                k, graceful, {key: R.ServerPlan(vs, [], "", "") for key, (vs, _) in k.services().items()}
-            )
+            deleted = self._reap(k, graceful, {key: vs for key, (vs, _) in k.services().items()})
         saved["graceful"] = graceful
         self._save(saved)
-        return before - len(graceful)
+        return deleted
 
     # ------------------------------------------------------------------ cleanup
     def cleanup(self) -> None:
@@ -288,7 +278,7 @@ class IpvsProxier(Proxier):
         existing = R.parse_ipset_save(run(["ipset", "save"], self.ctx.netns, check=False).stdout)
         if existing:
             run(["ipset", "restore"], self.ctx.netns, input="".join(f"destroy {n}\n" for n in existing))
-        with IPRoute(netns=self.ctx.netns) as ipr:
+        with _iproute(self.ctx.netns) as ipr:
             for idx in ipr.link_lookup(ifname=R.DUMMY_DEVICE):
                 ipr.link("del", index=idx)
         self._state_file.unlink(missing_ok=True)
@@ -310,7 +300,7 @@ class IpvsProxier(Proxier):
             for line in run(["iptables-save"], self.ctx.netns, check=False).stdout.splitlines()
             if "KUBE-" in line or line.startswith(("*", "COMMIT"))
         ]
-        with IPRoute(netns=self.ctx.netns) as ipr:
+        with _iproute(self.ctx.netns) as ipr:
             dev = ipr.link_lookup(ifname=R.DUMMY_DEVICE)
             bound = (
                 [a.get_attr("IFA_ADDRESS") for a in ipr.get_addr(index=dev[0], family=socket.AF_INET)]
@@ -349,10 +339,8 @@ class IpvsProxier(Proxier):
             for s in R.SCHEDULERS
             if any(mods.glob(f"ip_vs_{s}.ko*")) or Path(f"/sys/module/ip_vs_{s}").exists()
         ]
-        detail = (
-            Path("/proc/net/ip_vs").read_text().splitlines()[0].split("(")[0].strip()
-        )  # IP Virtual Server version 1.2.1
-        detail += f"; schedulers: {', '.join(scheds) or 'built in? try modprobe ip_vs_<name>'}"
+        version = Path("/proc/net/ip_vs").read_text().splitlines()[0].split("(")[0].strip()
+        detail = f"{version}; schedulers: {', '.join(scheds) or 'built in? try modprobe ip_vs_<name>'}"
         fix = ""
         if not kernel_has_dummy():
             detail += (
@@ -360,6 +348,12 @@ class IpvsProxier(Proxier):
             )
             fix = "modprobe dummy, or a kernel with CONFIG_DUMMY, for a real dummy kube-ipvs0"
         return Availability(cls.mode, True, detail, fix, cls.status_note)
+
+
+def _iproute(netns: str) -> IPRoute:
+    """An rtnetlink socket opened inside `netns` (entering it on this thread: no helper process)."""
+    with entered(netns):
+        return IPRoute()
 
 
 def _in_any(ip: str, cidrs: tuple[str, ...]) -> bool:

@@ -17,6 +17,7 @@ from typing import Any, Self
 from pyroute2 import IPVS, IPVSDest, IPVSService
 from pyroute2.netlink.exceptions import NetlinkError
 
+from kplab.cluster.netns import entered
 from kplab.errors import EnvironmentProblem, ProxierError
 from kplab.proxy import ipvs_rules as R
 
@@ -76,9 +77,11 @@ def _stats(nla: Any, prefix: str) -> dict[str, int]:
 class IpvsTable:
     """The node namespace's IPVS table, read and written over netlink."""
 
-    def __init__(self, netns: str) -> None:
+    def __init__(self, netns: str, log: list[str] | None = None) -> None:
+        self.log = log  # when a list: every change, appended as an `ipvsadm --restore` line
         try:
-            self.ipvs = IPVS(netns=netns)
+            with entered(netns):  # the socket (bound at once) stays in the node's namespace; no helper fork
+                self.ipvs = IPVS()
         except NetlinkError as e:
             raise EnvironmentProblem(f"no IPVS netlink family in this kernel ({e}): {FIX}") from None
 
@@ -156,12 +159,16 @@ class IpvsTable:
 
     def service(self, verb: str, vs: R.VirtualServer) -> None:
         """verb: add, set (edit in place) or del; never pyroute2's "update", which deletes."""
+        if self.log is not None:
+            self.log.append(R.ipvsadm_service({"add": "-A", "set": "-E", "del": "-D"}[verb], vs))
         try:
             self.ipvs.service(verb, service=_service(vs))
         except NetlinkError as e:
             raise netlink_error(f"{verb} service {vs.key} ({vs.scheduler})", e) from None
 
     def dest(self, verb: str, vs: R.VirtualServer, rs: R.RealServer, weight: int | None = None) -> None:
+        if self.log is not None:
+            self.log.append(R.ipvsadm_dest({"add": "-a", "set": "-e", "del": "-d"}[verb], vs, rs, weight))
         try:
             self.ipvs.dest(verb, service=_service(vs), dest=_dest(rs, weight))
         except NetlinkError as e:

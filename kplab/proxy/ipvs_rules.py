@@ -413,18 +413,28 @@ def flags_text(vs: VirtualServer) -> str:
     return " ".join(parts)
 
 
+def ipvsadm_service(verb: str, vs: VirtualServer) -> str:
+    """One `ipvsadm --restore` line for a virtual server: verb -A (add), -E (edit) or -D (delete)."""
+    line = f"{verb} {IPVSADM_PROTO[vs.protocol]} {vs.ip}:{vs.port}"
+    if verb == "-D":
+        return line
+    line += f" -s {vs.scheduler}"
+    line += f" -p {vs.timeout}" if vs.flags & FLAG_PERSISTENT else ""
+    return line + (" -b mh-port" if vs.flags & FLAG_SOURCE_HASH else "")
+
+
+def ipvsadm_dest(verb: str, vs: VirtualServer, rs: RealServer, weight: int | None = None) -> str:
+    """One `ipvsadm --restore` line for a real server: verb -a (add), -e (edit) or -d (delete); masquerade."""
+    line = f"{verb} {IPVSADM_PROTO[vs.protocol]} {vs.ip}:{vs.port} -r {rs.key}"
+    return line if verb == "-d" else f"{line} -m -w {rs.weight if weight is None else weight}"
+
+
 def ipvsadm_lines(servers: list[ServerPlan]) -> list[str]:
     """The virtual and real servers in `ipvsadm --restore` syntax (-A service, -a real server)."""
     lines = []
     for sp in sorted(servers, key=lambda s: (s.vs.protocol, ipaddress.ip_address(s.vs.ip), s.vs.port)):
-        vs = sp.vs
-        addr = [IPVSADM_PROTO[vs.protocol], f"{vs.ip}:{vs.port}"]
-        extra = (["-p", str(vs.timeout)] if vs.flags & FLAG_PERSISTENT else []) + (
-            ["-b", "mh-port"] if vs.flags & FLAG_SOURCE_HASH else []
-        )
-        lines.append(" ".join(["-A", *addr, "-s", vs.scheduler, *extra]))
-        for rs in sp.reals:
-            lines.append(" ".join(["-a", *addr, "-r", rs.key, "-m", "-w", str(rs.weight)]))
+        lines.append(ipvsadm_service("-A", sp.vs))
+        lines += [ipvsadm_dest("-a", sp.vs, rs) for rs in sp.reals]
     return lines
 
 

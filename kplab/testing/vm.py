@@ -40,8 +40,21 @@ VM_DEBS = ("qemu-system-x86", "linux-image-amd64", "busybox-static")
 VNG_REQUIREMENT = "virtme-ng>=1.30"
 # Loaded up front in the guest: IPVS and its schedulers, and what the lab's topology uses.
 GUEST_MODULES = (
-    "ip_vs", "ip_vs_rr", "ip_vs_wrr", "ip_vs_lc", "ip_vs_wlc", "ip_vs_sh", "ip_vs_dh", "ip_vs_sed",
-    "ip_vs_nq", "ip_vs_mh", "xt_ipvs", "dummy", "veth", "bridge", "br_netfilter",
+    "ip_vs",
+    "ip_vs_rr",
+    "ip_vs_wrr",
+    "ip_vs_lc",
+    "ip_vs_wlc",
+    "ip_vs_sh",
+    "ip_vs_dh",
+    "ip_vs_sed",
+    "ip_vs_nq",
+    "ip_vs_mh",
+    "xt_ipvs",
+    "dummy",
+    "veth",
+    "bridge",
+    "br_netfilter",
 )
 DEFAULT_TIMEOUT = 1500.0  # seconds for boot + suite; KPLAB_VM_TIMEOUT overrides
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -70,7 +83,11 @@ def find_kernel() -> Path | None:
 def _missing_debs() -> list[str]:
     if not shutil.which("dpkg"):
         return list(VM_DEBS)
-    return [d for d in VM_DEBS if subprocess.run(["dpkg", "-s", d], capture_output=True).returncode != 0]
+    return [
+        d
+        for d in VM_DEBS
+        if subprocess.run(["dpkg", "-s", d], capture_output=True, check=False).returncode != 0
+    ]
 
 
 def ensure_tools() -> tuple[Path, Path]:
@@ -83,16 +100,23 @@ def ensure_tools() -> tuple[Path, Path]:
             raise EnvironmentProblem(f"the IPVS VM needs {' '.join(missing)}: apt-get install them (as root)")
         env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
         for argv in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", *missing]):
-            cp = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=1800)
+            cp = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=1800, check=False)
             if cp.returncode != 0:
                 last = (cp.stderr.strip() or cp.stdout.strip()).splitlines()[-1:]
                 raise EnvironmentProblem(f"{' '.join(argv[:3])} failed: {last[0] if last else cp.returncode}")
     vng = Path(sys.executable).parent / "vng"
     if not vng.exists():
-        cp = subprocess.run([sys.executable, "-m", "pip", "install", "-q", VNG_REQUIREMENT],
-                            capture_output=True, text=True, timeout=600)
+        cp = subprocess.run(
+            [sys.executable, "-m", "pip", "install", "-q", VNG_REQUIREMENT],
+            capture_output=True,
+            text=True,
+            timeout=600,
+            check=False,
+        )
         if cp.returncode != 0 or not vng.exists():
-            raise EnvironmentProblem(f"could not install {VNG_REQUIREMENT} into {sys.prefix}: {cp.stderr.strip()[-200:]}")
+            raise EnvironmentProblem(
+                f"could not install {VNG_REQUIREMENT} into {sys.prefix}: {cp.stderr.strip()[-200:]}"
+            )
     kernel = find_kernel()
     if kernel is None:
         raise EnvironmentProblem("no /boot/vmlinuz-*-amd64 after installing linux-image-amd64")
@@ -118,9 +142,11 @@ class VmRun:
     def summary(self) -> str:
         c = self.counts
         passed = c.get("tests", 0) - c.get("failures", 0) - c.get("errors", 0) - c.get("skipped", 0)
-        head = (f"{passed} passed, {c.get('failures', 0)} failed, {c.get('errors', 0)} errors, "
-                f"{c.get('skipped', 0)} skipped in the VM (boot {self.boot_seconds:.0f}s, "
-                f"total {self.seconds:.0f}s, pytest exit {self.returncode})")
+        head = (
+            f"{passed} passed, {c.get('failures', 0)} failed, {c.get('errors', 0)} errors, "
+            f"{c.get('skipped', 0)} skipped in the VM (boot {self.boot_seconds:.0f}s, "
+            f"total {self.seconds:.0f}s, pytest exit {self.returncode})"
+        )
         if self.timed_out:
             head = f"VM killed after its timeout ({self.seconds:.0f}s): " + head
         return "\n".join([head, *(f"  FAILED {f}" for f in self.failed)])
@@ -166,25 +192,51 @@ def _kill_session(sid: int) -> None:
 
 def vng_argv(vng: Path, kernel: Path, results: Path, memory: str, cpus: int) -> list[str]:
     inner = shlex.join([sys.executable, str(Path(__file__).resolve()), "--inner", str(results)])
-    argv = [str(vng), "--run", str(kernel), "--memory", memory, "--cpus", str(cpus),
-            "--rwdir", str(results), "--cwd", str(PROJECT_ROOT), "--exec", inner]
+    argv = [
+        str(vng),
+        "--run",
+        str(kernel),
+        "--memory",
+        memory,
+        "--cpus",
+        str(cpus),
+        "--rwdir",
+        str(results),
+        "--cwd",
+        str(PROJECT_ROOT),
+        "--exec",
+        inner,
+    ]
     if os.environ.get("KPLAB_VM_KVM") != "1":
         argv.insert(3, "--disable-kvm")
     return argv
 
 
-def run_in_vm(pytest_args: list[str], timeout: float | None = None, memory: str = "3G", cpus: int = 2) -> VmRun:
-    """Boot one VM, run `pytest *pytest_args` in it (from the project root), return what came back."""
+def run_in_vm(
+    argv: list[str],
+    timeout: float | None = None,
+    memory: str = "3G",
+    cpus: int = 2,
+    collect: Path | None = None,
+) -> VmRun:
+    """Boot one VM and run `python *argv` in it from the project root; "{results}" in argv names the
+    guest's writable results directory.  With `collect`, the *.json files left there are copied to it."""
     vng, kernel = ensure_tools()
     timeout = float(os.environ.get("KPLAB_VM_TIMEOUT", timeout or DEFAULT_TIMEOUT))
     results = Path(tempfile.mkdtemp(prefix="kplab-vm-"))
     try:
-        (results / "args.json").write_text(json.dumps(pytest_args))
+        (results / "args.json").write_text(json.dumps([a.replace("{results}", str(results)) for a in argv]))
         env = dict(os.environ, PATH=f"{vng.parent}:{os.environ.get('PATH', GUEST_PATH)}")
         start = time.monotonic()
-        proc = subprocess.Popen(vng_argv(vng, kernel, results, memory, cpus), stdin=subprocess.DEVNULL,
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            vng_argv(vng, kernel, results, memory, cpus),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=env,
+            start_new_session=True,
+        )
         timed_out = False
         try:
             console, _ = proc.communicate(timeout=timeout)
@@ -201,31 +253,83 @@ def run_in_vm(pytest_args: list[str], timeout: float | None = None, memory: str 
         output = out_file.read_text(errors="replace") if out_file.exists() else console
         counts, failed = _read_junit(results / "junit.xml")
         boot = float(boot_file.read_text()) if boot_file.exists() else 0.0
+        if collect is not None:
+            for f in results.glob("*.json"):
+                if f.name != "args.json":
+                    collect.mkdir(parents=True, exist_ok=True)
+                    shutil.copy(f, collect / f.name)
         return VmRun(rc, output, counts, failed, boot, seconds, timed_out)
     finally:
         shutil.rmtree(results, ignore_errors=True)
 
 
+def run_pytest_in_vm(pytest_args: list[str], timeout: float | None = None) -> VmRun:
+    """One VM for a pytest run (e.g. `-m ipvs` and node ids); junit counts come back in VmRun."""
+    argv = [
+        "-m",
+        "pytest",
+        "-q",
+        "-rfE",
+        "--durations=12",
+        "-p",
+        "no:cacheprovider",
+        "--junitxml={results}/junit.xml",
+        *pytest_args,
+    ]
+    return run_in_vm(argv, timeout=timeout)
+
+
 def _inner(results: Path) -> int:
-    """In the guest: load the modules, run pytest with the host's args, leave rc/junit/output in `results`."""
+    """In the guest: load the modules, run the host's argv, leave rc and output in `results`."""
     (results / "boot").write_text(Path("/proc/uptime").read_text().split()[0])
     args = json.loads((results / "args.json").read_text())
-    env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1", KPLAB_IN_VM="1", TMPDIR="/tmp",
-               PATH=f"{Path(sys.executable).parent}:{GUEST_PATH}")
+    env = dict(
+        os.environ,
+        PYTHONDONTWRITEBYTECODE="1",
+        KPLAB_IN_VM="1",
+        TMPDIR="/tmp",
+        PATH=f"{Path(sys.executable).parent}:{GUEST_PATH}",
+    )
     with open(results / "output.txt", "w") as out:
-        mods = subprocess.run(["modprobe", "-a", *GUEST_MODULES], capture_output=True, text=True, env=env)
+        mods = subprocess.run(
+            ["modprobe", "-a", *GUEST_MODULES], capture_output=True, text=True, env=env, check=False
+        )
         if mods.returncode != 0:
             out.write(f"modprobe: {mods.stderr.strip()}\n")
         out.flush()
-        argv = [sys.executable, "-m", "pytest", "-q", "-rfE", "-p", "no:cacheprovider",
-                f"--junitxml={results / 'junit.xml'}", *args]
-        rc = subprocess.run(argv, cwd=PROJECT_ROOT, env=env, stdin=subprocess.DEVNULL, stdout=out,
-                            stderr=subprocess.STDOUT).returncode
+        rc = subprocess.run(
+            [sys.executable, *args],
+            cwd=PROJECT_ROOT,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            check=False,
+        ).returncode
     (results / "rc").write_text(str(rc))
     return rc
 
 
+def main(argv: list[str]) -> int:
+    """`vm.py --inner RESULTS` in the guest; on the host `python -m kplab.testing.vm [--collect DIR] -- ARGV`
+    runs `python ARGV` in a throwaway VM (e.g. bench/sync.py --mode ipvs --json {results}/sync-ipvs.json)."""
+    if len(argv) == 2 and argv[0] == "--inner":
+        return _inner(Path(argv[1]))
+    collect = None
+    if argv[:1] == ["--collect"] and len(argv) > 1:
+        collect, argv = Path(argv[1]).resolve(), argv[2:]
+    if argv[:1] != ["--"] or len(argv) < 2:
+        print("usage: python -m kplab.testing.vm [--collect DIR] -- SCRIPT_OR_-m ARGS...", file=sys.stderr)
+        return 2
+    run = run_in_vm(argv[1:], collect=collect)
+    print(run.output, end="")
+    print(
+        f"(VM: boot {run.boot_seconds:.0f}s, total {run.seconds:.0f}s, exit {run.returncode}"
+        + (", killed at its timeout" if run.timed_out else "")
+        + ")"
+    )
+    return 0 if run.returncode == 0 and not run.timed_out else 1
+
+
 if __name__ == "__main__":
-    if len(sys.argv) == 3 and sys.argv[1] == "--inner":
-        sys.exit(_inner(Path(sys.argv[2])))
-    sys.exit("usage: vm.py --inner RESULTS_DIR  (run by the host's run_in_vm inside the guest)")
+    sys.exit(main(sys.argv[1:]))

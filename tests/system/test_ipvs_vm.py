@@ -18,7 +18,7 @@ pytestmark = [pytest.mark.ipvs, pytest.mark.root, pytest.mark.slow]
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root (installs the VM's packages, runs the lab)")
 def test_ipvs_suite_in_vm(ipvs_vm_targets: list[str], request: pytest.FixtureRequest) -> None:
-    run = vm.run_in_vm(["-m", "ipvs", *ipvs_vm_targets])
+    run = vm.run_pytest_in_vm(["-m", "ipvs", *ipvs_vm_targets])
     record_vm_run(request.config, run)
     if not run.ok:
         tail = "\n".join(run.output.splitlines()[-60:])
