@@ -23,7 +23,9 @@ _RUNS = pytest.StashKey[list[Any]]()
 VM_FIXTURE = "ipvs_vm_targets"
 
 
-def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
+def pytest_collection_modifyitems(
+    session: pytest.Session, config: pytest.Config, items: list[pytest.Item]
+) -> None:
     ipvs_items = [i for i in items if i.get_closest_marker("ipvs")]
     if not ipvs_items:
         return
