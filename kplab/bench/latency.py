@@ -25,7 +25,8 @@ client pod of its own: the baseline.  At each size, interleaved connection by co
 Measuring the baseline in the same loop as the targets, rather than once before the
 Services were added, matters on a shared machine: a pause hits all four alike.  Connect
 times are sampled by kplab.bench.probe (a separate process), bounded in samples and in time.
-Ratios are p50 against the baseline's p50 of the same size.
+Ratios are p50 against the baseline's p50 within one round (one probe run over all targets),
+then the median over `rounds` rounds.
 """
 
 from __future__ import annotations
@@ -135,8 +136,35 @@ def _fill(row: dict[str, Any], label: str, got: dict[str, Any]) -> None:
     row[f"{label}_retransmits"] = sum(1 for x in lat if x > SYN_RETRANSMIT_US)
 
 
-def measure_mode(mode: str, sizes: list[int], *, samples: int, warmup: int, lab_name: str, deadline: float,
-                 bar: Any = None, task: Any = None) -> list[dict[str, Any]]:
+def measure_targets(targets: list[tuple[str, str, str, int]], samples: int, warmup: int, rounds: int,
+                    deadline: float) -> dict[str, Any]:
+    """Percentiles over all samples; each ratio to the baseline is the median of per-round ratios.
+
+    A round is one probe run over every target; taking the ratio within a round and then the
+    median over rounds keeps a burst of load on the machine from moving one size's figure.
+    """
+    pooled: dict[str, dict[str, Any]] = {}
+    ratios: dict[str, list[float]] = {}
+    for _ in range(rounds):
+        got = sample(targets, max(1, samples // rounds), warmup, deadline / rounds)
+        base = report.percentile(got["base"]["connect_us"], 50)
+        for label, *_ in targets:
+            acc = pooled.setdefault(label, {"connect_us": [], "rtt_us": [], "failed": 0})
+            for k in ("connect_us", "rtt_us"):
+                acc[k] += got[label][k]
+            acc["failed"] += got[label]["failed"]
+            r = report.ratio(report.percentile(got[label]["connect_us"], 50), base)
+            if r is not None:
+                ratios.setdefault(label, []).append(r)
+    row: dict[str, Any] = {"rounds": rounds}
+    for label, *_ in targets:
+        _fill(row, label, pooled[label])
+        row[f"{label}_ratio"] = report.median(ratios.get(label, []))
+    return row
+
+
+def measure_mode(mode: str, sizes: list[int], *, samples: int, warmup: int, rounds: int, lab_name: str,
+                 deadline: float, bar: Any = None, task: Any = None) -> list[dict[str, Any]]:
     """Bring up a lab in `mode`, measure the baseline, then each size in turn; always take it down."""
     from kplab.lab import Lab
 
@@ -163,12 +191,8 @@ def measure_mode(mode: str, sizes: list[int], *, samples: int, warmup: int, lab_
                 first, last, row["pick"] = first_last(lab.netns(node), mode, n, taken)
                 row.update(first_ip=first, last_ip=last)
                 targets = [("first", client, first, workload.PORT), ("last", client, last, workload.PORT), *targets]
-            got = sample(targets, samples, warmup, deadline)
+            row.update(measure_targets(targets, samples, warmup, rounds, deadline))
             row["loadavg"] = report.loadavg()
-            for label, *_ in targets:
-                _fill(row, label, got[label])
-            for label, *_ in targets:
-                row[f"{label}_ratio"] = report.ratio(row[f"{label}_p50_us"], row["base_p50_us"])
             rows.append(row)
             if bar is not None:
                 bar.advance(task)
@@ -178,25 +202,29 @@ def measure_mode(mode: str, sizes: list[int], *, samples: int, warmup: int, lab_
 
 
 def run_latency(modes: Sequence[str] = DEFAULT_MODES, sizes: Sequence[int] | str = DEFAULT_SIZES, *,
-                samples: int = 1000, warmup: int = 20, lab: str = "blat", deadline: float = 120.0,
-                show_progress: bool = True) -> dict[str, Any]:
+                samples: int = 1000, warmup: int = 20, rounds: int = 5, lab: str = "blat",
+                deadline: float = 120.0, show_progress: bool = True) -> dict[str, Any]:
     """The latency curve of each mode (see the module docstring); a result dict for report.save()."""
     from kplab.proxy.base import proxier_class
 
     sizes = parse_sizes(sizes)
     if not 10 <= samples <= 100_000:
         raise KplabError(f"--samples {samples}: choose 10..100000")
+    if not 1 <= rounds <= min(50, samples):
+        raise KplabError(f"--rounds {rounds}: choose 1..{min(50, samples)} (each round takes samples/rounds)")
     for m in modes:
         proxier_class(m)
     result = report.new_result("latency", {"modes": list(modes), "services": sizes, "samples": samples,
-                                           "warmup": warmup, "nodes": 2, "backends": 2, "lab": lab})
+                                           "warmup": warmup, "rounds": rounds, "nodes": 2, "backends": 2,
+                                           "lab": lab})
     with report.progress(show_progress) as bar:
         for mode in modes:
             task = bar.add_task(f"latency {mode}", total=len(sizes) + 1)
-            result["rows"] += measure_mode(mode, sizes, samples=samples, warmup=warmup, lab_name=lab,
-                                           deadline=deadline, bar=bar, task=task)
+            result["rows"] += measure_mode(mode, sizes, samples=samples, warmup=warmup, rounds=rounds,
+                                           lab_name=lab, deadline=deadline, bar=bar, task=task)
     result["notes"].append("µs of TCP connect() (SYN -> SYN-ACK) from a pod; base = pod to pod IP on a node "
-                           "with no Services, interleaved with the others; ratios are p50 / base p50")
+                           "with no Services, interleaved with the others; ratios: p50 / base p50 per round, "
+                           "median over rounds")
     picks = {r["mode"]: r["pick"] for r in result["rows"] if r.get("pick")}
     result["notes"] += [f"{m}: first/last = {p}" for m, p in picks.items()]
     return result

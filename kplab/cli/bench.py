@@ -93,6 +93,7 @@ def register(app: typer.Typer) -> None:
         mode: str = typer.Option("iptables,nftables", "--mode", help="one mode or several, comma-separated"),
         services: str = typer.Option("100,1000,2000,5000,10000", "--services", help="sizes, comma-separated"),
         samples: int = typer.Option(1000, "--samples", help="connections per target and size"),
+        rounds: int = typer.Option(5, "--rounds", help="probe runs per size (ratios: median over rounds)"),
         name: str = typer.Option("blat", "--name", help="the throwaway lab's name"),
         json_path: Path | None = JSON,
         no_progress: bool = QUIET,
@@ -101,7 +102,8 @@ def register(app: typer.Typer) -> None:
         from kplab.bench import latency as b
         from kplab.bench import report
 
-        result = b.run_latency(_modes(mode), services, samples=samples, lab=name, show_progress=not no_progress)
+        result = b.run_latency(_modes(mode), services, samples=samples, rounds=rounds, lab=name,
+                               show_progress=not no_progress)
         report.show(result, b.COLUMNS)
         typer.echo(f"written: {report.save(result, json_path)}")
 

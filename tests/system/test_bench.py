@@ -25,7 +25,7 @@ def no_namespaces(prefix: str) -> bool:
 
 
 def test_latency_tiny_with_plot_and_table(tmp_path):
-    result = latency.run_latency(["iptables", "nftables"], "10", samples=20, warmup=2, lab="tblat",
+    result = latency.run_latency(["iptables", "nftables"], "10", samples=20, warmup=2, rounds=2, lab="tblat",
                                  show_progress=False)
     rows = {(r["mode"], r["services"]): r for r in result["rows"]}
     assert set(rows) == {("iptables", 0), ("iptables", 10), ("nftables", 0), ("nftables", 10)}
@@ -34,8 +34,8 @@ def test_latency_tiny_with_plot_and_table(tmp_path):
         assert zero["base_samples"] == zero["pod_samples"] == 20 and "first_samples" not in zero
         for target in ("first", "last", "pod", "base"):
             assert row[f"{target}_samples"] == 20 and row[f"{target}_failed"] == 0, (mode, target, row)
-            assert row[f"{target}_ratio"] == pytest.approx(row[f"{target}_p50_us"] / row["base_p50_us"]), \
-                "the baseline is measured in the same loop"
+            assert row[f"{target}_ratio"] > 0, "each round measures the baseline in the same loop"
+        assert row["rounds"] == 2 and row["base_ratio"] == 1.0
         assert row["first_ip"] != row["last_ip"]
     assert "KUBE-SERVICES" in rows[("iptables", 10)]["pick"], "iptables: first/last read back from the kernel"
     assert "equivalent" in rows[("nftables", 10)]["pick"]
