@@ -20,10 +20,15 @@ COLORS = {"iptables": "#d62728", "nftables": "#1f77b4", "ipvs": "#2ca02c", "user
           "iptables (legacy)": "#ff7f0e"}
 
 
+def color(label: str) -> str:
+    return COLORS.get(label) or COLORS.get(label.split(" ")[0], "gray")
+
+
 def rows_by_mode(kind: str, results: Path | None = None) -> dict[str, list[dict[str, Any]]]:
     """Rows of the newest `<kind>*.json` result per mode, sorted by the number of Services.
 
-    A result made with `--option iptables_backend=legacy` is its own curve, "iptables (legacy)".
+    A result made with `--option iptables_backend=legacy` is its own curve, "iptables (legacy)",
+    and so is one measured in the throwaway VM, "ipvs (VM)".
     """
     folder = Path(results) if results else report.results_dir()
     out: dict[str, list[dict[str, Any]]] = {}
@@ -43,6 +48,8 @@ def rows_by_mode(kind: str, results: Path | None = None) -> dict[str, list[dict[
         for m in modes:
             rows = [dict(r, mode=m) for r in data["rows"] if (r.get("mode") or params.get("mode")) == m]
             label = f"{m} ({backend})" if backend else str(m)  # e.g. iptables (legacy) beside iptables (nft)
+            if data.get("machine", {}).get("in_vm"):
+                label += " (VM)"  # measured in the emulated IPVS VM: only its ratios compare with the host's
             out[label] = sorted(rows, key=lambda r: r.get("services", 0))
     return out
 
@@ -61,14 +68,18 @@ def latency_figure(data: dict[str, list[dict[str, Any]]]) -> Any:
     the same loop (left: robust on a busy machine), and in microseconds with that baseline (right)."""
     fig, (rel, ab) = _figure(2)
     for mode, rows in sorted(data.items()):
-        c = COLORS.get(mode, "gray")
+        vm = mode.endswith("(VM)")
+        c = color(mode)
         pts = [r for r in rows if r.get("services")]
         xs = [r["services"] for r in pts]
         for target, style, alpha in (("last", "o-", 1.0), ("first", "s--", 0.6)):
-            rel.plot(xs, [r.get(f"{target}_ratio") for r in pts], style, color=c, alpha=alpha,
+            rel.plot(xs, [r.get(f"{target}_ratio") for r in pts], style, color=c, alpha=alpha * (0.5 if vm else 1),
                      label=f"{mode}: {target} Service")
-            ab.plot(xs, [r.get(f"{target}_p50_us") for r in pts], style, color=c, alpha=alpha,
-                    label=f"{mode}: {target} Service")
+            if not vm:  # emulated microseconds are not the host's
+                ab.plot(xs, [r.get(f"{target}_p50_us") for r in pts], style, color=c, alpha=alpha,
+                        label=f"{mode}: {target} Service")
+        if vm:
+            continue
         rel.plot(xs, [r.get("pod_ratio") for r in pts], "^:", color=c, alpha=0.5,
                  label=f"{mode}: pod IP through the loaded node")
         ab.plot([r["services"] for r in rows], [r.get("base_p50_us") for r in rows], ":", color=c, linewidth=1,
@@ -91,7 +102,7 @@ def sync_figure(data: dict[str, list[dict[str, Any]]]) -> Any:
     fig, axes = _figure(2)
     for ax, (key, title) in zip(axes, (("full", "Full sync"), ("add_one", "Add one Service"))):
         for mode, rows in sorted(data.items()):
-            c = COLORS.get(mode, "gray")
+            c = color(mode)
             xs = [r["services"] for r in rows]
             ax.plot(xs, [r[f"{key}_kplab"] for r in rows], "o-", color=c, label=f"{mode}: kplab sync()")
             ax.plot(xs, [r[f"{key}_raw"] for r in rows], "x:", color=c, label=f"{mode}: raw loader, same input")

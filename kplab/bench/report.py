@@ -95,6 +95,7 @@ def machine() -> dict[str, Any]:
         "iptables": _first_line(["iptables", "--version"]),
         "nft": _first_line(["nft", "--version"]),
         "loadavg": list(os.getloadavg()),
+        "in_vm": os.environ.get("KPLAB_IN_VM") == "1",  # the throwaway IPVS VM (kplab.testing.vm), emulated
         "date": time.strftime("%Y-%m-%d %H:%M:%S %z"),
     }
 
