@@ -48,6 +48,7 @@ SYSCTLS = {
     "net.ipv4.ip_forward": "1",
 }
 CONN_REUSE_KERNELS = ((4, 1), (5, 9))  # conn_reuse_mode=0 only in between (issue #93297)
+LOAD_TIMEOUT = 900.0  # seconds for one ipset batch: one netlink message per member, ~3 ms each under qemu TCG
 FALLBACK_DEVICES = ("dummy", "ifb", "bridge")  # closest to a dummy first: NOARP, carries no traffic
 
 
@@ -156,9 +157,9 @@ class IpvsProxier(Proxier):
 
     def _sync_ipsets(self, plan: R.IpvsPlan) -> list[str]:
         """One `ipset restore`: create every set (-exist), then only the membership differences."""
-        current = R.parse_ipset_save(run(["ipset", "save"], self.ctx.netns).stdout)
+        current = R.parse_ipset_save(run(["ipset", "save"], self.ctx.netns, timeout=LOAD_TIMEOUT).stdout)
         batch = R.ipset_restore(current, plan.ipsets)
-        run(["ipset", "restore"], self.ctx.netns, input=batch)
+        run(["ipset", "restore"], self.ctx.netns, input=batch, timeout=LOAD_TIMEOUT)
         return batch.splitlines()
 
     def _sync_iptables(self, plan: R.IpvsPlan) -> list[str]:

@@ -23,6 +23,7 @@ _RUNS = pytest.StashKey[list[Any]]()
 VM_FIXTURE = "ipvs_vm_targets"
 
 
+@pytest.hookimpl(trylast=True)  # after -k/-m deselection: hand the VM exactly the tests left
 def pytest_collection_modifyitems(
     session: pytest.Session, config: pytest.Config, items: list[pytest.Item]
 ) -> None:

@@ -99,7 +99,10 @@ def ensure_tools() -> tuple[Path, Path]:
         if os.geteuid() != 0 or not shutil.which("apt-get"):
             raise EnvironmentProblem(f"the IPVS VM needs {' '.join(missing)}: apt-get install them (as root)")
         env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-        for argv in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", *missing]):
+        for argv in (
+            ["apt-get", "update", "-qq"],
+            ["apt-get", "install", "-y", "-qq", "--no-install-recommends", *missing],
+        ):
             cp = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=1800, check=False)
             if cp.returncode != 0:
                 last = (cp.stderr.strip() or cp.stdout.strip()).splitlines()[-1:]

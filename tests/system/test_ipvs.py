@@ -110,16 +110,23 @@ def test_rr_gives_exact_rotation(lab):
     assert order == order[:3] * 4, f"rr must rotate exactly: {order}"
 
 
+def settled(lab: Lab, address: str, at_least: int = 0) -> dict:
+    """The virtual server once its counters stop moving: IPVS folds its per-CPU counters into what it
+    reports every 2 s, so a read right after traffic can be behind (bounded: 30 s)."""
+    deadline, last = time.monotonic() + 30, None
+    while True:
+        vs = server(lab, "node-1", address)
+        if (last is not None and vs["conns"] == last["conns"] >= at_least) or time.monotonic() > deadline:
+            return vs
+        last = vs
+        time.sleep(3)
+
+
 def test_counters_follow_the_traffic(lab):
-    ip = lab.service_ip("web")
-    before = server(lab, "node-1", f"{ip}:80")
+    address = f"{lab.service_ip('web')}:80"
+    before = settled(lab, address)
     assert lab.curl("client", "web", n=6).ok == 6
-    deadline = time.monotonic() + 20  # IPVS folds its per-CPU counters into what it reports every 2 s
-    while time.monotonic() < deadline:
-        after = server(lab, "node-1", f"{ip}:80")
-        if after["conns"] - before["conns"] >= 6:
-            break
-        time.sleep(1)
+    after = settled(lab, address, at_least=before["conns"] + 6)
     assert after["conns"] - before["conns"] == 6
     assert sum(r["conns"] for r in after["reals"]) - sum(r["conns"] for r in before["reals"]) == 6
 
