@@ -510,11 +510,13 @@ class Lab:
         from kplab.packets.api import capture
         return capture(self, name, **options)
 
+    @off_loop
     def trace(self, frm: str, target: str, **options: Any) -> Any:
         """One connection and its path through the nodes, rule by rule (kplab.inspect.trace)."""
         from kplab.inspect.trace import trace
         return trace(self, frm, target, **options)
 
+    @off_loop
     def conntrack(self, node: str, service: str | None = None) -> Any:
         """The node's conntrack entries (of `service` only, when given), both tuples each."""
         from kplab.inspect.conntrack import list_entries
