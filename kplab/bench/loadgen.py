@@ -2,7 +2,8 @@
 
     nsenter --net=/run/netns/<client> python kplab/bench/loadgen.py '<json spec>'
 
-Loads (by the userspace mode's author, moved here from bench/datapath.py unchanged):
+Loads (by the userspace mode's author, moved here from bench/datapath.py; since then new
+connections are closed with a RST, see LINGER_RST):
 
     connect     a new TCP connection per request (send a line, read the echo's JSON line),
                 `concurrency` of them in flight: latency at 1, throughput above
@@ -18,17 +19,24 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+import struct
 import sys
 import time
 from typing import Any
 
 DEADLINE = 30.0  # seconds per measurement, whatever the request count
+# Close new-connection requests with a RST, after the answer is in (and the time taken): a
+# normal close leaves the client a TIME_WAIT socket for 60 s, and some 14,000 of them towards
+# one ClusterIP:port exhaust the even ephemeral ports, after which every connect() searches the
+# range and a Service target slows down tenfold while the 3 pod IPs (3x the ports) do not.
+LINGER_RST = struct.pack("ii", 1, 0)
 
 
 async def _request(loop: asyncio.AbstractEventLoop, addr: tuple[str, int], timeout: float) -> float:
     start = time.perf_counter()
     s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     s.setblocking(False)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER_RST)
     try:
         await asyncio.wait_for(loop.sock_connect(s, addr), timeout)
         await loop.sock_sendall(s, b"bench\n")
