@@ -15,7 +15,9 @@ Real servers that go away drain as upstream's graceful termination does: a real 
 open connections gets weight 0 (no new connections) and is deleted by a later sync once its
 ActiveConn+InActConn reach 0 (UDP ones go at once).  The list lives in `ctx.state_dir`
 because every sync is a new process; `reap()` runs the check alone (upstream: every minute).
-Partial syncs: real servers are re-read only for virtual servers whose wanted state changed.
+Partial syncs: after a full one, a sync trusts what the last recorded (local addresses, bound
+addresses, virtual servers and a digest of each) and touches only the virtual servers that
+changed; a kernel error on that path falls back to a full sync, which reads everything back.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import os
 import re
 import socket
 import time
+from dataclasses import astuple
 from pathlib import Path
 from shutil import which
 from typing import Any
@@ -99,37 +102,59 @@ class IpvsProxier(Proxier):
             raise EnvironmentProblem(f"this kernel has no IPVS: {FIX}")
         write_sysctls(self.ctx.netns, sysctls())
         saved = self._load()
+        full = not saved or bool(self.ctx.options.get("full_sync"))
+        try:
+            result = self._sync(state, scheduler, saved, full)
+        except ProxierError:
+            if full:
+                raise
+            result = self._sync(state, scheduler, saved, full=True)  # the kernel moved under us: read it all
+        result.seconds = time.monotonic() - start
+        return result
+
+    def _sync(self, state: ProxyState, scheduler: str, saved: dict[str, Any], full: bool) -> SyncResult:
+        """One sync.  Full: read addresses and virtual servers back from the kernel (as upstream does on
+        every sync).  Partial: trust what the last sync recorded and touch only what changed since."""
         inputs: dict[str, list[str]] = {"ip -batch -": [], "ipvsadm --restore": []}  # what went to the kernel
         with _iproute(self.ctx.netns) as ipr:
             dev = self._ensure_device(ipr)
-            local = self._local_addresses(ipr, dev)
+            local = self._local_addresses(ipr, dev) if full else tuple(saved.get("local", ()))
             nodeport_ips = tuple(a for a in local if _in_any(a, state.nodeport_addresses))
             plan = R.build_plan(state, scheduler, nodeport_ips=nodeport_ips, local_addrs=local)
             inputs["ipset restore"] = self._sync_ipsets(plan)
             inputs["iptables-restore --noflush"] = self._sync_iptables(plan)
-            bound = {a.get_attr("IFA_ADDRESS") for a in ipr.get_addr(index=dev, family=socket.AF_INET)}
+            if full:
+                bound = {a.get_attr("IFA_ADDRESS") for a in ipr.get_addr(index=dev, family=socket.AF_INET)}
+            else:
+                bound = set(saved.get("bind", ()))
             for addr in plan.bind_addrs:
                 if addr not in bound:
-                    ipr.addr("add", index=dev, address=addr, prefixlen=32)
+                    self._address(ipr, "add", dev, addr)
                     inputs["ip -batch -"].append(f"address add {addr}/32 dev {R.DUMMY_DEVICE}")
             with IpvsTable(self.ctx.netns, log=inputs["ipvsadm --restore"]) as kernel:
-                changed, graceful = self._sync_ipvs(kernel, plan, saved)
+                changed, graceful = self._sync_ipvs(kernel, plan, saved, full)
             for addr in bound - set(plan.bind_addrs):
-                ipr.addr("del", index=dev, address=addr, prefixlen=32)
+                self._address(ipr, "del", dev, addr)
                 inputs["ip -batch -"].append(f"address del {addr}/32 dev {R.DUMMY_DEVICE}")
-        servers = {
-            sp.vs.key: {"fp": sp.fingerprint(), "service": sp.service, "kind": sp.kind} for sp in plan.servers
-        }
-        self._save({"servers": servers, "graceful": graceful, "scheduler": scheduler})
+        servers = {sp.vs.key: {"fp": sp.fingerprint(), "vs": list(astuple(sp.vs)), "service": sp.service,
+                               "kind": sp.kind} for sp in plan.servers}  # fmt: skip
+        self._save({"servers": servers, "graceful": graceful, "scheduler": scheduler, "local": list(local),
+                    "bind": plan.bind_addrs})  # fmt: skip
         if self.ctx.options.get("keep_input"):  # for bench/sync: the same input, loaded by the plain tools
             text = "".join(
                 f"### {tool}\n" + "".join(f"{x}\n" for x in lines) for tool, lines in inputs.items()
             )
             (Path(self.ctx.state_dir) / "last-input.txt").write_text(text)
         size = sum(len(lines) for lines in inputs.values())
-        return SyncResult(
-            full=not saved, changed_services=changed, seconds=time.monotonic() - start, size=size
-        )
+        return SyncResult(full=full, changed_services=changed, seconds=0.0, size=size)
+
+    def _address(self, ipr: IPRoute, verb: str, dev: int, addr: str) -> None:
+        try:
+            ipr.addr(verb, index=dev, address=addr, prefixlen=32)
+        except NetlinkError as e:
+            raise ProxierError(
+                f"{verb} {addr}/32 on {R.DUMMY_DEVICE} in {self.ctx.netns}: {os.strerror(e.code)}"
+            ) from None
 
     def _ensure_device(self, ipr: IPRoute) -> int:
         found = ipr.link_lookup(ifname=R.DUMMY_DEVICE)
@@ -170,10 +195,15 @@ class IpvsProxier(Proxier):
         run(["iptables-restore", "--noflush"], self.ctx.netns, input=text)
         return text.splitlines()
 
-    def _sync_ipvs(self, k: IpvsTable, plan: R.IpvsPlan, saved: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    def _sync_ipvs(
+        self, k: IpvsTable, plan: R.IpvsPlan, saved: dict[str, Any], full: bool
+    ) -> tuple[int, dict[str, Any]]:
         """Virtual servers and real servers; returns (virtual servers touched, the graceful list)."""
-        have = k.services()
-        before = saved.get("servers", {})
+        known = saved.get("servers", {})
+        if full:
+            have = {key: vs for key, (vs, _) in k.services().items()}
+        else:
+            have = {key: R.VirtualServer(*info["vs"]) for key, info in known.items() if "vs" in info}
         graceful: dict[str, Any] = dict(saved.get("graceful", {}))
         draining = {g.split("|")[0] for g in graceful}
         changed = 0
@@ -182,17 +212,17 @@ class IpvsProxier(Proxier):
             current: dict[str, dict[str, Any]] = {}
             if key not in have:
                 k.service("add", vs)
-            elif have[key][0] != vs:
+            elif have[key] != vs:
                 k.service("set", vs)  # scheduler, persistence or flags changed: edited in place
                 current = k.dests(vs)
-            elif before.get(key, {}).get("fp") == sp.fingerprint() and key not in draining:
+            elif known.get(key, {}).get("fp") == sp.fingerprint() and key not in draining:
                 continue  # unchanged since our last sync: its real servers are not re-read
             else:
                 current = k.dests(vs)
             changed += 1
             self._sync_reals(k, sp, current, graceful)
         wanted = {sp.vs.key for sp in plan.servers}
-        for key, (vs, _) in have.items():
+        for key, vs in have.items():
             if key not in wanted:
                 k.service("del", vs)  # upstream's cleanLegacyService
                 graceful = {g: v for g, v in graceful.items() if not g.startswith(key + "|")}
