@@ -10,11 +10,14 @@
 
 virtme-ng (`vng`) boots the distribution kernel over the running system, so the guest runs
 the very same tree and `.venv` as the host; nothing is copied.  One boot serves the whole
-suite.  The VM is bounded by a timeout and killed with its whole session when it expires; the
-results directory is removed in every case.  What the VM path needs (qemu, the kernel, a
+suite.  The VM is bounded by a timeout and killed with its whole session when it expires; its
+temporary directory (results, and virtme's own files via TMPDIR) is removed in every case.
+`python -m kplab.testing.vm [--collect DIR] -- ARGV` runs any `python ARGV` the same way
+(bench/sync.py --mode ipvs ... --json {results}/sync-ipvs.json, collected back into DIR).  What the VM path needs (qemu, the kernel, a
 static busybox for virtme's initramfs, virtme-ng) is installed on first use: `ensure_tools()`.
 
-KVM is not used unless KPLAB_VM_KVM=1 (on the machines we measured, KVM guests hang at boot).
+KVM is not used unless KPLAB_VM_KVM=1: on the machines we measured, KVM guests hang at boot
+(with -cpu host, qemu aborts on MSR 0x10a), so the guest runs under TCG, 20-50x slower.
 
 This module imports nothing from kplab at import time: the guest runs it as a plain script,
 and every import costs seconds under emulation.
@@ -226,10 +229,17 @@ def run_in_vm(
     guest's writable results directory.  With `collect`, the *.json files left there are copied to it."""
     vng, kernel = ensure_tools()
     timeout = float(os.environ.get("KPLAB_VM_TIMEOUT", timeout or DEFAULT_TIMEOUT))
-    results = Path(tempfile.mkdtemp(prefix="kplab-vm-"))
+    work = Path(tempfile.mkdtemp(prefix="kplab-vm-"))
+    results, host_tmp = work / "results", work / "tmp"  # the guest's window; virtme's own temporary files
     try:
+        results.mkdir()
+        host_tmp.mkdir()
         (results / "args.json").write_text(json.dumps([a.replace("{results}", str(results)) for a in argv]))
-        env = dict(os.environ, PATH=f"{vng.parent}:{os.environ.get('PATH', GUEST_PATH)}")
+        # virtme keeps its temporary files in TMPDIR and removes them at exit: here they go with `work`
+        # even when the VM is killed at its timeout
+        env = dict(
+            os.environ, TMPDIR=str(host_tmp), PATH=f"{vng.parent}:{os.environ.get('PATH', GUEST_PATH)}"
+        )
         start = time.monotonic()
         proc = subprocess.Popen(
             vng_argv(vng, kernel, results, memory, cpus),
@@ -263,7 +273,7 @@ def run_in_vm(
                     shutil.copy(f, collect / f.name)
         return VmRun(rc, output, counts, failed, boot, seconds, timed_out)
     finally:
-        shutil.rmtree(results, ignore_errors=True)
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def run_pytest_in_vm(pytest_args: list[str], timeout: float | None = None) -> VmRun:
