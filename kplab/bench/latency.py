@@ -42,7 +42,7 @@ from typing import Any
 from kplab.bench import report, workload
 from kplab.bench.report import Column
 from kplab.cluster.run import run
-from kplab.errors import KplabError, LabError
+from kplab.errors import EnvironmentProblem, KplabError, LabError
 
 DEFAULT_SIZES = (100, 1000, 2000, 5000, 10000)
 DEFAULT_MODES = ("iptables", "nftables")
@@ -220,8 +220,15 @@ def run_latency(modes: Sequence[str] = DEFAULT_MODES, sizes: Sequence[int] | str
     with report.progress(show_progress) as bar:
         for mode in modes:
             task = bar.add_task(f"latency {mode}", total=len(sizes) + 1)
-            result["rows"] += measure_mode(mode, sizes, samples=samples, warmup=warmup, rounds=rounds,
-                                           lab_name=lab, deadline=deadline, bar=bar, task=task)
+            try:
+                result["rows"] += measure_mode(mode, sizes, samples=samples, warmup=warmup, rounds=rounds,
+                                               lab_name=lab, deadline=deadline, bar=bar, task=task)
+            except EnvironmentProblem as e:
+                if mode != "ipvs":
+                    raise
+                raise EnvironmentProblem(f"{e} -- or run this benchmark there: python -m kplab.testing.vm "
+                                         "--collect bench/results -- -m kplab.cli bench latency --mode ipvs "
+                                         "--json '{results}/latency-vm.json' --no-progress") from None
     result["notes"].append("µs of TCP connect() (SYN -> SYN-ACK) from a pod; base = pod to pod IP on a node "
                            "with no Services, interleaved with the others; ratios: p50 / base p50 per round, "
                            "median over rounds")
