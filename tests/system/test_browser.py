@@ -83,6 +83,7 @@ def jupyter(tmp_path: Path) -> Iterator[str]:
 
 
 def test_widgets_render_and_the_histogram_fills(jupyter: str, tmp_path: Path) -> None:
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
     from playwright.sync_api import sync_playwright
 
     ARTIFACTS.mkdir(exist_ok=True)
@@ -96,6 +97,13 @@ def test_widgets_render_and_the_histogram_fills(jupyter: str, tmp_path: Path) ->
             page.goto(f"{jupyter}/lab/tree/00-welcome.ipynb?token={TOKEN}")
             page.wait_for_selector(".jp-Notebook .jp-Cell")
             page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", state="attached")
+            # a slow kernel start makes JupyterLab ask which kernel to use: accept its choice, as a person would
+            accept = page.locator(".jp-Dialog .jp-mod-accept")
+            try:
+                accept.wait_for(timeout=5_000)
+                accept.click()
+            except PlaywrightTimeout:
+                pass
             cells = page.locator(".jp-Notebook .jp-Cell")
             for index in (1, 3):  # `lab = start(...)` + topology, then the Traffic widget
                 cell = cells.nth(index)
