@@ -8,7 +8,7 @@ DEBS := iproute2 iputils-ping iptables nfacct nftables ipvsadm ipset conntrack t
 TEST_DEBS := chromium chromium-driver
 STAMP := $(VENV)/.kplab-installed
 
-.PHONY: setup debs test-debs lab test test-unit test-system test-ipvs bench clean-labs image wheelhouse
+.PHONY: setup debs test-debs lab test test-unit test-ipvs clean-labs image wheelhouse
 
 setup: debs $(STAMP)  ## install Debian packages and the venv (creates .venv/bin/kplab)
 

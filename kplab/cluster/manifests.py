@@ -17,7 +17,7 @@ import copy
 import hashlib
 import ipaddress
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -156,12 +156,12 @@ class Network:
                     raise ManifestError(f"CIDR overlap: {a} {nets[a]} overlaps {b} {nets[b]}: choose disjoint ranges")
 
 
-def _hash_pick(key: str, size: int, taken: set[int], first: int = 0) -> int:
+def _hash_pick(key: str, size: int, taken: Callable[[int], bool], first: int = 0) -> int:
     """A stable, spread-out choice like the API server's random one, probing linearly."""
     start = int(hashlib.sha256(key.encode()).hexdigest(), 16) % size
     for i in range(size):
         cand = first + (start + i) % size
-        if cand not in taken:
+        if not taken(cand):
             return cand
     raise ManifestError("the range is exhausted")
 
@@ -171,20 +171,34 @@ class Admission:
     network: Network
     services: dict[str, dict[str, Any]] = field(default_factory=dict)  # existing, by ns/name
 
-    def _taken(self, exclude: str) -> tuple[set[str], set[int]]:
-        ips, ports = set(), set()
+    def __post_init__(self) -> None:
+        # who holds each allocation, so admitting a Service probes in O(1) instead of rescanning all
+        self._ips: dict[str, str] = {}
+        self._ports: dict[int, str] = {}
+        self._lbs: dict[str, str] = {}
         for key, svc in self.services.items():
-            if key == exclude:
-                continue
-            spec = svc.get("spec", {})
-            if spec.get("clusterIP"):
-                ips.add(spec["clusterIP"])
-            for p in spec.get("ports") or []:
-                if p.get("nodePort"):
-                    ports.add(int(p["nodePort"]))
-            if spec.get("healthCheckNodePort"):
-                ports.add(int(spec["healthCheckNodePort"]))
-        return ips, ports
+            self._index(key, svc)
+
+    def _index(self, key: str, svc: dict[str, Any]) -> None:
+        spec = svc.get("spec") or {}
+        if spec.get("clusterIP") and spec["clusterIP"] != "None":
+            self._ips[spec["clusterIP"]] = key
+        for p in spec.get("ports") or []:
+            if p.get("nodePort"):
+                self._ports[int(p["nodePort"])] = key
+        if spec.get("healthCheckNodePort"):
+            self._ports[int(spec["healthCheckNodePort"])] = key
+        for i in ((svc.get("status") or {}).get("loadBalancer") or {}).get("ingress") or []:
+            if i.get("ip"):
+                self._lbs[i["ip"]] = key
+
+    def _unindex(self, key: str) -> None:
+        old = self.services.get(key)
+        if old is None:
+            return
+        for table in (self._ips, self._ports, self._lbs):
+            for k in [k for k, owner in table.items() if owner == key]:
+                del table[k]
 
     def admit(self, doc: Doc) -> Doc:
         """Validate and default one document; Services get their allocations."""
@@ -227,7 +241,7 @@ class Admission:
         stype = spec.setdefault("type", "ClusterIP")
         if stype not in ("ClusterIP", "NodePort", "LoadBalancer", "ExternalName"):
             raise doc.error(f"unknown type {stype!r}", "spec.type")
-        taken_ips, taken_ports = self._taken(key)
+        self._unindex(key)  # re-applying a Service may keep its own allocations
         svc_net = ipaddress.ip_network(self.network.service_cidr)
         ports = spec.get("ports") or []
         names = set()
@@ -255,14 +269,12 @@ class Admission:
                 raise doc.error(f"{cip!r} is not an IP address", "spec.clusterIP") from None
             if addr not in svc_net:
                 raise doc.error(f"{cip} is outside the service CIDR {svc_net}", "spec.clusterIP")
-            if cip in taken_ips:
-                owner = next(k for k, s in self.services.items() if s["spec"].get("clusterIP") == cip)
-                raise doc.error(f"{cip} is already allocated to Service {owner}", "spec.clusterIP")
+            if cip in self._ips:
+                raise doc.error(f"{cip} is already allocated to Service {self._ips[cip]}", "spec.clusterIP")
         elif not cip and stype != "ExternalName":
-            taken = {int(ipaddress.ip_address(i)) - int(svc_net.network_address) for i in taken_ips
-                     if ipaddress.ip_address(i) in svc_net}
-            taken |= {0, 1, 10}  # network address, `kubernetes`, `kube-dns` as in a real cluster
-            off = _hash_pick(key, svc_net.num_addresses - 1, taken)
+            reserved = {0, 1, 10}  # network address, `kubernetes`, `kube-dns` as in a real cluster
+            off = _hash_pick(key, svc_net.num_addresses - 1,
+                             lambda o: o in reserved or str(svc_net.network_address + o) in self._ips)
             spec["clusterIP"] = str(svc_net.network_address + off)
         if spec.get("clusterIP") and spec["clusterIP"] != "None":
             spec["clusterIPs"] = [spec["clusterIP"]]
@@ -273,12 +285,12 @@ class Admission:
                 if np_:
                     if not isinstance(np_, int) or not lo <= np_ <= hi:
                         raise doc.error(f"{np_!r} is outside the NodePort range {lo}-{hi}", f"spec.ports[{i}].nodePort")
-                    if np_ in taken_ports:
+                    if np_ in self._ports:
                         raise doc.error(f"{np_} is already allocated", f"spec.ports[{i}].nodePort")
                 else:
                     p["nodePort"] = _hash_pick(f"{key}:{p.get('name')}:{p['protocol']}", hi - lo + 1,
-                                               {x - lo for x in taken_ports}) + lo
-                taken_ports.add(p["nodePort"])
+                                               lambda o: lo + o in self._ports) + lo
+                self._ports[p["nodePort"]] = key
             spec.setdefault("externalTrafficPolicy", "Cluster")
         else:
             for i, p in enumerate(ports):
@@ -305,14 +317,12 @@ class Admission:
         if stype == "LoadBalancer":
             if spec.get("externalTrafficPolicy") == "Local" and not spec.get("healthCheckNodePort"):
                 spec["healthCheckNodePort"] = _hash_pick(f"{key}/hc", hi - lo + 1,
-                                                         {x - lo for x in taken_ports}) + lo
+                                                         lambda o: lo + o in self._ports) + lo
             ingress = ((body.get("status") or {}).get("loadBalancer") or {}).get("ingress")
             if not ingress:
                 pool = ipaddress.ip_network(self.network.lb_pool)
-                used = {int(ipaddress.ip_address(i["ip"])) - int(pool.network_address)
-                        for s in self.services.values()
-                        for i in ((s.get("status") or {}).get("loadBalancer") or {}).get("ingress") or []
-                        if i.get("ip") and ipaddress.ip_address(i["ip"]) in pool}
-                off = _hash_pick(key, pool.num_addresses - 2, used | {0}, first=0) or 1
+                off = _hash_pick(key, pool.num_addresses - 2,
+                                 lambda o: o == 0 or str(pool.network_address + o) in self._lbs)
                 body.setdefault("status", {})["loadBalancer"] = {"ingress": [{"ip": str(pool.network_address + off)}]}
         self.services[key] = body
+        self._index(key, body)
