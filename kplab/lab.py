@@ -262,14 +262,25 @@ class Lab:
         if mode != NONE_MODE:
             proxier_class(mode)
         with self._mutate():
-            old = self.data["mode"]
+            old, old_options = self.data["mode"], dict(self.data.get("options") or {})
             if old != NONE_MODE:
                 for node in self.data["nodes"]:
                     self.proxier(node, old).cleanup()
                 shutil.rmtree(self.store.dir / "nodes", ignore_errors=True)
             self.data["mode"] = mode
             self.data.setdefault("options", {}).update(options)
-            self._sync_all()
+            try:
+                self._sync_all()
+            except KplabError:
+                # the new mode refused (a bad scheduler, a missing kernel feature): put the old one back
+                if mode != NONE_MODE:
+                    for node in self.data["nodes"]:
+                        self.proxier(node, mode).cleanup()
+                shutil.rmtree(self.store.dir / "nodes", ignore_errors=True)
+                self.data["mode"], self.data["options"] = old, old_options
+                self._sync_all()
+                self.store.save(self.data)
+                raise
 
     # ------------------------------------------------------------------ objects
     @off_loop

@@ -200,3 +200,13 @@ def test_missing_kernel_link_kind_is_one_line():
     finally:
         b.close()
         netns.remove_netns("kplab-core12-x")
+
+
+def test_a_refused_mode_switch_keeps_the_old_mode(lab_factory):
+    from kplab.errors import KplabError
+
+    lab = lab_factory("core13", mode="iptables")
+    with pytest.raises(KplabError, match="bad proxy_port_range"):
+        lab.set_mode("userspace", proxy_port_range="bogus")
+    assert Lab.attach("core13").mode == "iptables"
+    assert lab.curl("client", "web", n=3).ok == 3, "the old mode is programmed again"
