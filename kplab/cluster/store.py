@@ -121,10 +121,21 @@ def pid_alive_and_ours(pid: int, marker: str) -> bool:
     return marker in cmdline
 
 
-def _reap(pid: int) -> None:
-    """Collect our own exited child, so no zombie is left in a long-lived process (a notebook)."""
-    with contextlib.suppress(ChildProcessError, OSError):
-        os.waitpid(pid, os.WNOHANG)
+def _reap(pid: int, wait: float = 0.0) -> None:
+    """Collect our own exited child, so no zombie is left in a long-lived process (a notebook).
+
+    An exiting process's cmdline empties a moment before it becomes a zombie: wait up to `wait`
+    seconds for that moment.  A process that is not our child is left to its parent.
+    """
+    end = time.monotonic() + wait
+    while True:
+        try:
+            done, _ = os.waitpid(pid, os.WNOHANG)
+        except (ChildProcessError, OSError):
+            return
+        if done == pid or time.monotonic() >= end:
+            return
+        time.sleep(0.005)
 
 
 def stop_pid(pid: int, marker: str, wait: float = 3.0) -> None:
@@ -139,8 +150,7 @@ def stop_pid(pid: int, marker: str, wait: float = 3.0) -> None:
         if pid_alive_and_ours(pid, marker):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-            time.sleep(0.05)
-    _reap(pid)
+    _reap(pid, wait=2.0)
 
 
 def stop_recorded_processes(root: Path) -> None:
