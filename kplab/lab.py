@@ -224,10 +224,16 @@ class Lab:
         return [manifests.model(s) for s in self.objects("EndpointSlice")]
 
     # ------------------------------------------------------------------ proxy
-    def state(self, node: str) -> ProxyState:
+    def _models(self) -> tuple[list[Any], list[Any]]:
+        """Services and EndpointSlices as kubernetes models, as every node's kube-proxy receives them."""
         data = self.data or self._load()
-        services = [manifests.model(s) for s in data["objects"].get("Service", {}).values()]
-        slices = [manifests.model(s) for s in data["objects"].get("EndpointSlice", {}).values()]
+        return ([manifests.model(s) for s in data["objects"].get("Service", {}).values()],
+                [manifests.model(s) for s in data["objects"].get("EndpointSlice", {}).values()])
+
+    def state(self, node: str, models: tuple[list[Any], list[Any]] | None = None) -> ProxyState:
+        """What `node`'s kube-proxy knows; pass `models` to share one deserialisation across nodes."""
+        data = self.data or self._load()
+        services, slices = models or self._models()
         net = data["network"]
         return build_state(services, slices, node_name=node, node_ips=(self.node_ip(node),),
                            cluster_cidr=net["cluster_cidr"], service_cidr=net["service_cidr"])
@@ -244,7 +250,8 @@ class Lab:
     def _sync_all(self) -> dict[str, Any]:
         if self.data["mode"] == NONE_MODE:
             return {}
-        return {node: self.proxier(node).sync(self.state(node)) for node in self.data["nodes"]}
+        models = self._models()  # once per sync, not once per node
+        return {node: self.proxier(node).sync(self.state(node, models)) for node in self.data["nodes"]}
 
     @off_loop
     def sync(self) -> dict[str, Any]:
