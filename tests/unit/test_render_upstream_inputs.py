@@ -1,9 +1,10 @@
 """Every mode renders every input upstream's own tests feed kube-proxy (no root).
 
-`kplab render MODE` on the Services and EndpointSlices of upstream's TestOverallIPTablesRules (the
-same objects as TestOverallNFTablesRules) and TestBadIPs, with their odd corners: a loadBalancerSourceRanges entry with a leading
-space (upstream trims it: "Extra whitespace to ensure that invalid value will not result in a
-crash") and leading zeros in every address.  IPVS used to crash on the first with a ValueError.
+`kplab render MODE` on the Services and EndpointSlices of upstream's TestOverallIPTablesRules
+(the same objects as TestOverallNFTablesRules) and TestBadIPs, with their odd corners: a
+loadBalancerSourceRanges entry with a leading space (upstream trims it: "Extra whitespace to
+ensure that invalid value will not result in a crash") and leading zeros in every address.
+IPVS used to crash on the first with a ValueError.
 """
 
 from __future__ import annotations
