@@ -17,7 +17,6 @@ import asyncio
 import email.utils
 import json
 import os
-import signal
 import socket
 import sys
 import time
@@ -25,6 +24,7 @@ from typing import Any
 
 from prometheus_client import exposition, generate_latest
 
+from kplab.cluster.echo import reconcile_loop
 from kplab.cluster.netns import entered
 from kplab.proxy.servers.metrics import NodeMetrics
 
@@ -206,22 +206,7 @@ class Agent:
                 node.apply(event)
 
     async def main(self) -> None:
-        loop = asyncio.get_running_loop()
-        stop, wake = asyncio.Event(), asyncio.Event()
-        loop.add_signal_handler(signal.SIGTERM, stop.set)
-        loop.add_signal_handler(signal.SIGINT, stop.set)
-        loop.add_signal_handler(signal.SIGHUP, wake.set)
-        await self.reconcile()
-        while not stop.is_set():
-            waiters = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(wake.wait())]
-            _, pending = await asyncio.wait(waiters, timeout=2.0, return_when=asyncio.FIRST_COMPLETED)
-            for w in pending:
-                w.cancel()
-            if stop.is_set() or not os.path.isdir(self.state_dir):
-                break  # asked to stop, or the lab is gone: never outlive it
-            if wake.is_set():
-                wake.clear()
-                await self.reconcile()
+        await reconcile_loop(self.state_dir, self.reconcile)
         for node in self.nodes.values():
             node.close()
 
