@@ -19,7 +19,7 @@ LB_LOCAL = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web"},
 
 
 def metric(text: str, name: str) -> float:
-    m = re.search(rf"^{re.escape(name)} (\S+)$", text, re.M)
+    m = re.search(rf"^{re.escape(name)} (\S+)$", text, re.MULTILINE)
     assert m, f"{name} not in /metrics"
     return float(m.group(1))
 
