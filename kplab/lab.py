@@ -26,10 +26,12 @@ from typing import Any, TypeVar
 from kplab.cluster import controller, manifests, netns
 from kplab.cluster.client import CurlResult, curl
 from kplab.cluster.run import Result, run
-from kplab.cluster.store import Store, check_lab_name, stop_pid, stop_recorded_processes
+from kplab.cluster.store import Store, check_lab_name, spawn_detached, stop_pid, stop_recorded_processes
 from kplab.errors import KplabError, LabError
 from kplab.proxy.base import NodeContext, Proxier, proxier_class
 from kplab.proxy.core import ProxyState, build_state
+from kplab.proxy.servers.feed import feeding as kube_proxy_servers
+from kplab.proxy.servers.feed import status as kube_proxy_servers_status
 
 NONE_MODE = "none"  # no kube-proxy at all: what a Service is before anything programs it
 ECHO_MARKER = "kplab.cluster.echo"
@@ -236,7 +238,15 @@ class Lab:
         services, slices = models or self._models()
         net = data["network"]
         return build_state(services, slices, node_name=node, node_ips=(self.node_ip(node),),
-                           cluster_cidr=net["cluster_cidr"], service_cidr=net["service_cidr"])
+                           cluster_cidr=net["cluster_cidr"], service_cidr=net["service_cidr"],
+                           zone=self.node_labels(node).get(controller.ZONE_LABEL, ""),
+                           nodeport_addresses=tuple((data.get("options") or {}).get("nodeport_addresses") or ()))
+
+    def node_labels(self, node: str) -> dict[str, str]:
+        """A node's labels: hostname, and topology.kubernetes.io/zone from the lab's `zones` option
+        (zones=["a", "b"] puts node-1 in a, node-2 in b, node-3 in a, ...)."""
+        data = self.data or self._load()
+        return controller.node_labels(node, data["nodes"], (data.get("options") or {}).get("zones") or [])
 
     def proxier(self, node: str, mode: str | None = None) -> Proxier:
         data = self.data or self._load()
@@ -248,10 +258,14 @@ class Lab:
         return proxier_class(mode)(ctx)
 
     def _sync_all(self) -> dict[str, Any]:
-        if self.data["mode"] == NONE_MODE:
-            return {}
-        models = self._models()  # once per sync, not once per node
-        return {node: self.proxier(node).sync(self.state(node, models)) for node in self.data["nodes"]}
+        states = {}
+        if self.data["mode"] != NONE_MODE:
+            models = self._models()  # once per sync, not once per node
+            states = {node: self.state(node, models) for node in self.data["nodes"]}
+        with kube_proxy_servers(self, states) as feed:  # health, metrics: fed around every sync
+            for node, state in states.items():
+                feed.synced(node, self.proxier(node).sync(state))
+        return feed.results
 
     @off_loop
     def sync(self) -> dict[str, Any]:
@@ -364,7 +378,10 @@ class Lab:
         given = {k: s for k, s in objs.get("EndpointSlice", {}).items()
                  if (s["metadata"].get("labels") or {}).get("endpointslice.kubernetes.io/managed-by")
                  != controller.MANAGED_BY}
-        objs["EndpointSlice"] = {**given, **controller.endpoint_slices(objs)}
+        managed = controller.endpoint_slices(objs, {n: self.node_labels(n).get(controller.ZONE_LABEL, "")
+                                                    for n in self.data["nodes"]})
+        controller.stamp_trigger_times(objs.get("EndpointSlice", {}), managed, time.time())
+        objs["EndpointSlice"] = {**given, **managed}
 
     def _apply_changes(self) -> None:
         before = set(self.data["objects"].get("Pod", {}))
@@ -557,7 +574,8 @@ class Lab:
         data = self._load()
         return {"name": self.name, "mode": data["mode"], "nodes": {n: self.node_ip(n) for n in data["nodes"]},
                 "pods": len(data["objects"].get("Pod", {})), "services": len(data["objects"].get("Service", {})),
-                "namespaces": netns.lab_namespaces(self.name), "state_dir": str(self.store.dir)}
+                "namespaces": netns.lab_namespaces(self.name), "state_dir": str(self.store.dir),
+                "servers": kube_proxy_servers_status(self)}
 
 
 class _Mutation:
@@ -583,16 +601,6 @@ class _Mutation:
                 self.lab.store.save(self.lab.data)
         finally:
             self._cm.__exit__(et, ev, tb)
-
-
-def spawn_detached(argv: list[str], log: Path) -> int:
-    """Start a lab process in its own session, output to `log`; the caller records its pid."""
-    flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND
-    return os.posix_spawn(argv[0], argv, dict(os.environ), setsid=True, file_actions=[
-        (os.POSIX_SPAWN_OPEN, 0, "/dev/null", os.O_RDONLY, 0),
-        (os.POSIX_SPAWN_OPEN, 1, str(log), flags, 0o644),
-        (os.POSIX_SPAWN_DUP2, 1, 2),
-    ])
 
 
 def manifests_network(options: dict[str, Any]) -> manifests.Network:

@@ -22,11 +22,14 @@ def register(app: typer.Typer) -> None:
         mode: str = typer.Option("iptables", "--mode", help="iptables, nftables, ipvs, userspace or none"),
         nodes: int = typer.Option(2, "--nodes"),
         scheduler: str | None = typer.Option(None, "--scheduler", help="IPVS scheduler (rr, lc, wrr, ...)"),
+        zones: str = typer.Option("", "--zones", help="topology zones given to the nodes in turn, e.g. a,b"),
     ) -> None:
         """Build a lab: nodes, pods and an outside client in network namespaces, kube-proxy on each node."""
         from kplab.lab import Lab
 
-        opts = {"scheduler": scheduler} if scheduler else {}
+        opts: dict[str, Any] = {"scheduler": scheduler} if scheduler else {}
+        if zones:
+            opts["zones"] = [z.strip() for z in zones.split(",") if z.strip()]
         lab = Lab.up(current_lab(), mode=mode, manifests=files or None, nodes=nodes, **opts)
         st = lab.status()
         for w in lab.warnings():
@@ -58,8 +61,16 @@ def register(app: typer.Typer) -> None:
     def status(output: str | None = OUT) -> None:
         """The lab's mode, nodes, pods and namespaces."""
         st = attach().status()
-        text = "\n".join([f"lab {st['name']}: mode {st['mode']}, {st['pods']} pods, {st['services']} services"] +
-                         [f"  {n}  {ip}" for n, ip in st["nodes"].items()] + [f"  state: {st['state_dir']}"])
+        servers = st.get("servers", {}).get("nodes", {})
+        lines = [f"lab {st['name']}: mode {st['mode']}, {st['pods']} pods, {st['services']} services"]
+        for n, ip in st["nodes"].items():
+            lines.append(f"  {n}  {ip}")
+            if n in servers:
+                s = servers[n]
+                hcs = ", ".join(f"{nsn} :{p}" for nsn, p in s["health_check_node_ports"].items())
+                lines.append(f"    kube-proxy: {s['healthz']} -> {s['healthz_status']}, {s['metrics']}"
+                             + (f", healthCheckNodePorts: {hcs}" if hcs else ""))
+        text = "\n".join(lines + [f"  state: {st['state_dir']}"])
         emit(st, output, text)
 
     @app.command()
@@ -147,13 +158,15 @@ def register(app: typer.Typer) -> None:
         node_ip: list[str] = typer.Option(["172.18.0.11"], "--node-ip"),
         cluster_cidr: str = typer.Option("10.244.0.0/16", "--cluster-cidr"),
         service_cidr: str = typer.Option("10.96.0.0/16", "--service-cidr"),
-        nodeport_addresses: str = typer.Option("", "--nodeport-addresses", help="CIDR,CIDR (default: the mode's)"),
+        nodeport_addresses: str = typer.Option("", "--nodeport-addresses",
+                                               help="CIDR,CIDR or primary (default: the mode's)"),
+        zone: str = typer.Option("", "--zone", help="the node's topology.kubernetes.io/zone (topology hints)"),
     ) -> None:
         """What MODE would program for these objects, without a kernel and without root."""
         from kplab.cli.views import render_text
 
         typer.echo(render_text(mode, files, node_name=node_name, node_ips=tuple(node_ip), cluster_cidr=cluster_cidr,
-                               service_cidr=service_cidr,
+                               service_cidr=service_cidr, zone=zone,
                                nodeport_addresses=tuple(c for c in nodeport_addresses.split(",") if c)), nl=False)
 
     @app.command()

@@ -30,7 +30,7 @@ def get_view(lab: Any, kind: str, output: str | None) -> tuple[dict[str, Any], s
 
         raise LabError(f"unknown resource {kind!r}: nodes, pods, services, endpointslices or deployments")
     if k == "Node":
-        items = [{"apiVersion": "v1", "kind": "Node", "metadata": {"name": n},
+        items = [{"apiVersion": "v1", "kind": "Node", "metadata": {"name": n, "labels": lab.node_labels(n)},
                   "spec": {"podCIDR": lab.pod_cidr(n), "podCIDRs": [lab.pod_cidr(n)]},
                   "status": {"addresses": [{"type": "InternalIP", "address": lab.node_ip(n)}]}} for n in lab.nodes]
         rows = [["NAME", "INTERNAL-IP", "POD-CIDR", "MODE"]] + [
@@ -115,6 +115,7 @@ def render_text(mode: str, files: list[Path], **config: Any) -> str:
 def doctor_report() -> tuple[dict[str, Any], str]:
     from kplab.errors import KplabError
     from kplab.proxy.base import MODES, proxier_class
+    from kplab.proxy.servers.feed import doctor as servers_doctor
 
     problems = []
     if os.geteuid() != 0:
@@ -139,4 +140,19 @@ def doctor_report() -> tuple[dict[str, Any], str]:
         lines.append(f"{mark} {mode:<10} {entry['detail']}" + (f"  [{entry['note']}]" if entry["note"] else ""))
         if entry["fix"] and not entry["available"]:
             lines.append(f"    fix: {entry['fix']}")
-    return data, "\n".join(lines)
+    data["servers"], more = servers_doctor(_running_lab())
+    return data, "\n".join(lines + more)
+
+
+def _running_lab() -> Any:
+    """The current lab when it is up and we may enter its namespaces, else None."""
+    from kplab.cli import current_lab
+    from kplab.errors import KplabError
+    from kplab.lab import Lab
+
+    if os.geteuid() != 0:
+        return None
+    try:
+        return Lab.attach(current_lab())
+    except KplabError:
+        return None

@@ -1,8 +1,10 @@
 """The controllers a real cluster runs, reduced to what kube-proxy's inputs need.
 
 * Deployment -> Pods (ReplicaSet-style names, spread over nodes, IPs from the node's pod CIDR);
-* Service selector + Pods -> EndpointSlices with ready/serving/terminating and nodeName,
-  like the endpointslice controller (named target ports resolved per pod).
+* Service selector + Pods -> EndpointSlices with ready/serving/terminating, nodeName, the
+  node's zone and, for `trafficDistribution`, the topology hints, like the endpointslice
+  controller (named target ports resolved per pod; hints as its trafficdist package writes
+  them); `stamp_trigger_times` adds its last-change-trigger-time annotation.
 
 Readiness is driven by annotations, since no real container runs: `kplab.io/ready: "false"`
 makes a pod unready, `kplab.io/terminating: "true"` makes it a terminating-but-serving pod.
@@ -14,12 +16,20 @@ from __future__ import annotations
 import copy
 import hashlib
 import ipaddress
+import re
+import time
 from typing import Any
+
+from kplab.errors import LabError
 
 READY_ANN = "kplab.io/ready"
 TERMINATING_ANN = "kplab.io/terminating"
 OWNER_LABEL = "kplab.io/deployment"
 MANAGED_BY = "endpointslice-controller.k8s.io"
+ZONE_LABEL = "topology.kubernetes.io/zone"
+TRIGGER_ANN = "endpoints.kubernetes.io/last-change-trigger-time"
+PREFER_CLOSE = ("PreferClose", "PreferSameZone", "PreferSameNode")
+LABEL_VALUE = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
 _ALPHABET = "bcdfghjklmnpqrstvwxz2456789"  # the API server's name suffix alphabet
 
 
@@ -114,8 +124,13 @@ def _resolve_target(port: dict[str, Any], pod: dict[str, Any]) -> int | None:
     return None  # the named port does not exist on this pod: it is left out, as upstream
 
 
-def endpoint_slices(objects: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """EndpointSlices for every Service with a selector (others keep what the user gave)."""
+def endpoint_slices(objects: dict[str, dict[str, Any]],
+                    node_zones: dict[str, str] | None = None) -> dict[str, dict[str, Any]]:
+    """EndpointSlices for every Service with a selector (others keep what the user gave).
+
+    `node_zones` (node -> its topology.kubernetes.io/zone label) gives each endpoint its zone.
+    """
+    node_zones = node_zones or {}
     out: dict[str, dict[str, Any]] = {}
     pods = objects.get("Pod", {})
     for skey, svc in sorted(objects.get("Service", {}).items()):
@@ -143,12 +158,15 @@ def endpoint_slices(objects: dict[str, dict[str, Any]]) -> dict[str, dict[str, A
             eps = []
             for p in members:
                 ready, serving, terminating = pod_condition(p)
-                eps.append({
+                ep = {
                     "addresses": [p["status"]["podIP"]],
                     "conditions": {"ready": ready, "serving": serving, "terminating": terminating},
                     "nodeName": p["spec"]["nodeName"],
                     "targetRef": {"kind": "Pod", "name": p["metadata"]["name"], "namespace": ns},
-                })
+                }
+                if node_zones.get(p["spec"]["nodeName"]):
+                    ep["zone"] = node_zones[p["spec"]["nodeName"]]
+                eps.append(_with_hints(ep, spec.get("trafficDistribution")))
             out[f"{ns}/{sname}"] = {
                 "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
                 "metadata": {"name": sname, "namespace": ns, "labels": {
@@ -158,3 +176,44 @@ def endpoint_slices(objects: dict[str, dict[str, Any]]) -> dict[str, dict[str, A
                 "ports": [{"name": n, "port": pt, "protocol": pr} for n, pt, pr in ports],
             }
     return out
+
+
+def _with_hints(ep: dict[str, Any], traffic_distribution: str | None) -> dict[str, Any]:
+    """The trafficdist heuristic: with PreferClose/PreferSameZone every ready endpoint is hinted for
+    its own zone, with PreferSameNode also for its own node; not-ready endpoints get no hints."""
+    if traffic_distribution not in PREFER_CLOSE or not ep["conditions"]["ready"]:
+        return ep
+    hints: dict[str, Any] = {}
+    if ep.get("zone"):
+        hints["forZones"] = [{"name": ep["zone"]}]
+    if traffic_distribution == "PreferSameNode":
+        hints["forNodes"] = [{"name": ep["nodeName"]}]
+    return {**ep, "hints": hints} if hints else ep
+
+
+def stamp_trigger_times(old: dict[str, dict[str, Any]], new: dict[str, dict[str, Any]], now: float) -> None:
+    """Give every managed slice its endpoints.kubernetes.io/last-change-trigger-time: kept when its
+    content is unchanged, `now` (as Go's RFC3339Nano, UTC) when it is new or changed.  kube-proxy's
+    network_programming_duration_seconds measures from this time to the end of its sync."""
+    secs, frac = divmod(now, 1)
+    ns = f"{int(frac * 1e9):09d}".rstrip("0")
+    stamp_now = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(secs)) + (f".{ns}" if ns else "") + "Z"
+    for key, s in new.items():
+        before = old.get(key)
+        same = before is not None and {k: v for k, v in before.items() if k != "metadata"} == {
+            k: v for k, v in s.items() if k != "metadata"}
+        stamp = ((before or {}).get("metadata", {}).get("annotations") or {}).get(TRIGGER_ANN) if same else None
+        s["metadata"].setdefault("annotations", {})[TRIGGER_ANN] = stamp or stamp_now
+
+
+def node_labels(node: str, nodes: list[str], zones: list[str]) -> dict[str, str]:
+    """The labels of a lab node: its hostname, and its zone when the lab has `zones` (given to the
+    nodes in turn: zones a,b put node-1 in a, node-2 in b, node-3 in a)."""
+    labels = {"kubernetes.io/hostname": node}
+    if zones:
+        zone = str(zones[nodes.index(node) % len(zones)])
+        if not LABEL_VALUE.match(zone):
+            raise LabError(f"zone {zone!r}: a label value is 1-63 letters, digits, '-', '_' or '.', "
+                           "starting and ending with a letter or digit")
+        labels[ZONE_LABEL] = zone
+    return labels

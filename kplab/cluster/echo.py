@@ -24,6 +24,7 @@ import os
 import signal
 import socket
 import sys
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 CLONE_NEWNET = 0x40000000
@@ -128,24 +129,30 @@ class Agent:
 
     async def main(self) -> None:
         self.loop = asyncio.get_running_loop()
-        stop = asyncio.Event()
-        wake = asyncio.Event()
-        self.loop.add_signal_handler(signal.SIGTERM, stop.set)
-        self.loop.add_signal_handler(signal.SIGINT, stop.set)
-        self.loop.add_signal_handler(signal.SIGHUP, wake.set)
-        await self.reconcile()
-        while not stop.is_set():
-            waiters = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(wake.wait())]
-            done, pending = await asyncio.wait(waiters, timeout=2.0, return_when=asyncio.FIRST_COMPLETED)
-            for w in pending:
-                w.cancel()
-            if stop.is_set() or not os.path.isdir(self.state_dir):
-                break  # asked to stop, or the lab is gone: never outlive it
-            if wake.is_set():
-                wake.clear()
-                await self.reconcile()
+        await reconcile_loop(self.state_dir, self.reconcile)
         for s in self.servers.values():
             s.close()
+
+
+async def reconcile_loop(state_dir: str, reconcile: Callable[[], Awaitable[None]]) -> None:
+    """A lab agent's life: reconcile now and on every SIGHUP, until SIGTERM or SIGINT, or until the
+    lab's state directory disappears (an agent never outlives its lab)."""
+    loop = asyncio.get_running_loop()
+    stop, wake = asyncio.Event(), asyncio.Event()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, wake.set)
+    await reconcile()
+    while not stop.is_set():
+        waiters = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(wake.wait())]
+        _, pending = await asyncio.wait(waiters, timeout=2.0, return_when=asyncio.FIRST_COMPLETED)
+        for w in pending:
+            w.cancel()
+        if stop.is_set() or not os.path.isdir(state_dir):
+            break
+        if wake.is_set():
+            wake.clear()
+            await reconcile()
 
 
 if __name__ == "__main__":
