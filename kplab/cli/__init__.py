@@ -16,7 +16,7 @@ from typing import Any
 
 import typer
 
-CLI_MODULES = ["kplab.cli.core", "kplab.cli.packets", "kplab.cli.course", "kplab.cli.bench"]
+CLI_MODULES = ["kplab.cli.core", "kplab.cli.kubectl", "kplab.cli.packets", "kplab.cli.course", "kplab.cli.bench"]
 
 app = typer.Typer(
     help="kplab: how Kubernetes Services really work on a node (kube-proxy's modes, in network namespaces).",
@@ -66,6 +66,9 @@ def _lift_lab_option(argv: list[str]) -> list[str]:
 
 
 def _register() -> None:
+    if getattr(app, "_kplab_registered", False):
+        return  # main() may run more than once in a process (tests)
+    app._kplab_registered = True  # type: ignore[attr-defined]
     for name in CLI_MODULES:
         try:
             module = importlib.import_module(name)

@@ -213,3 +213,128 @@ def test_pod_names_are_unique_across_a_labs_namespaces(name, says):
     twice = [pod | {"metadata": {"name": "p", "namespace": ns}} for ns in ("a", "b")]
     with pytest.raises(ManifestError, match="a Pod named 'p' exists in namespace 'a'"):
         manifests.admit_all(manifests.Network(), {}, twice)
+
+
+def test_label_selectors_read_as_kubectl_reads_them():
+    from kplab.cluster.selectors import parse as parse_selector
+    from kplab.cluster.selectors import selects
+
+    reqs = parse_selector("app in (web, api),tier!=db,!canary,env")
+    assert selects(reqs, {"app": "web", "env": "prod"})
+    assert not selects(reqs, {"app": "web", "env": "prod", "canary": "1"})
+    assert not selects(reqs, {"app": "shop", "env": "prod"})
+    assert selects(parse_selector("app=web"), {"app": "web"}) and not selects(parse_selector("app==web"), {})
+    with pytest.raises(LabError, match=r"label selector 'app in \(web': cannot read"):
+        parse_selector("app in (web")
+
+
+def test_v1_endpoints_are_built_from_the_slices():
+    from kplab.cluster.kubeviews import endpoints
+
+    def ep(ip: str, ready: bool, terminating: bool = False) -> dict:
+        return {
+            "addresses": [ip],
+            "conditions": {"ready": ready, "serving": True, "terminating": terminating},
+            "nodeName": "node-1",
+            "targetRef": {"kind": "Pod", "name": ip, "namespace": "default"},
+        }
+
+    svc = {"metadata": {"name": "web", "namespace": "default"}, "spec": {}}
+    eps = {
+        "metadata": {
+            "name": "web-x",
+            "namespace": "default",
+            "labels": {"kubernetes.io/service-name": "web"},
+        },
+        "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+        "endpoints": [ep("10.0.0.1", True), ep("10.0.0.2", False), ep("10.0.0.3", False, terminating=True)],
+    }
+    (e,) = endpoints({"Service": {"default/web": svc}, "EndpointSlice": {"default/web-x": eps}})
+    (sub,) = e["subsets"]
+    assert [a["ip"] for a in sub["addresses"]] == ["10.0.0.1"]
+    assert [a["ip"] for a in sub["notReadyAddresses"]] == ["10.0.0.2"], "terminating pods are left out"
+    assert sub["ports"] == [{"name": "http", "port": 8080, "protocol": "TCP"}]
+
+
+def test_kubectls_ages():
+    from kplab.cluster.kubeviews import age
+
+    t = deployments.rfc3339(0)
+    assert [age(t, s) for s in (45, 130, 600, 7260, 11000, 100000, 400000, 1000000)] == [
+        "45s",
+        "2m10s",
+        "10m",
+        "121m",
+        "3h3m",
+        "27h",
+        "4d15h",
+        "11d",
+    ]
+
+
+IPTABLES = """*nat
+Chain KUBE-SERVICES
+    0   0  -d 10.96.0.5/32 -p tcp -m comment --comment "default/web:http cluster IP" -j KUBE-SVC-AAA
+    0   0  -d 10.96.0.50/32 -p tcp -m comment --comment "default/web2:http cluster IP" -j KUBE-SVC-BBB
+Chain KUBE-SVC-AAA   # default/web:http
+         0          0  -m comment --comment "default/web:http -> 10.244.1.2:8080" -j KUBE-SEP-CCC
+Chain KUBE-SVC-BBB   # default/web2:http
+         0          0  -m comment --comment "default/web2:http -> 10.244.1.3:8080" -j KUBE-SEP-DDD
+"""
+NFT = """chain service-SUSTUHLJ-default/web/tcp/http   # default/web:http, Cluster traffic policy
+    <- @service-ips 10.96.0.5 . tcp . 80
+        0 pkts  numgen random mod 1 vmap { 0 : goto endpoint-X-default/web/tcp/http__10.244.1.2/8080 }
+
+chain service-ABCDEFG2-team-default/web/tcp/http   # team-default/web:http
+        0 pkts  numgen random mod 1 vmap { 0 : goto endpoint-Y }
+
+map service-ips   (2 elements)
+    10.96.0.5 . tcp . 80 : goto service-SUSTUHLJ-default/web/tcp/http
+    10.96.0.9 . tcp . 80 : goto service-ABCDEFG2-team-default/web/tcp/http
+"""
+IPVS = """TCP  10.96.0.5:80 rr                         0       0       0  # default/web:http (ClusterIP)
+  -> 10.244.1.2:8080        Masq    1      0          0                0       0       0
+TCP  10.96.0.50:80 rr                        0       0       0  # default/web2:http (ClusterIP)
+  -> 10.244.1.3:8080        Masq    1      0          0                0       0       0
+"""
+
+
+@pytest.mark.parametrize(
+    "text,want,not_want",
+    [
+        (IPTABLES, ["KUBE-SVC-AAA", "Chain KUBE-SERVICES", "10.244.1.2:8080"], ["web2", "KUBE-SVC-BBB"]),
+        (
+            NFT,
+            ["<- @service-ips 10.96.0.5", "map service-ips", "10.96.0.5 . tcp . 80"],
+            ["team-default", "10.96.0.9"],
+        ),
+        (IPVS, ["TCP  10.96.0.5:80", "-> 10.244.1.2:8080"], ["web2", "10.244.1.3"]),
+    ],
+)
+def test_describe_picks_a_services_lines_from_every_modes_read_back(text, want, not_want):
+    from kplab.cluster.describe import rules_for
+
+    got = "\n".join(rules_for(text, "default", "web", {"10.96.0.5"}))
+    assert all(w in got for w in want) and not any(n in got for n in not_want), got
+
+
+def test_the_hint_after_up_names_what_the_lab_has():
+    from kplab.cli.kubectl import up_hint
+
+    class FakeLab:
+        nodes = ("node-1", "node-2", "node-3")
+
+        def __init__(self, objects: dict) -> None:
+            self._objects = objects
+
+        def objects(self, kind: str) -> list[dict]:
+            return self._objects.get(kind, [])
+
+    shop = {
+        "metadata": {"name": "shop"},
+        "spec": {"type": "NodePort", "selector": {"app": "shop"}, "ports": [{"port": 80}]},
+    }
+    tester = {"metadata": {"name": "tester"}, "spec": {}}
+    hint = up_hint(FakeLab({"Service": [shop], "Pod": [tester]}))
+    assert "kplab curl tester shop" in hint and "kplab curl outside node-3:shop" in hint and "web" not in hint
+    assert "curl" not in up_hint(FakeLab({})), "nothing to curl: no hint to"
