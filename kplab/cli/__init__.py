@@ -99,7 +99,11 @@ def main(argv: list[str] | None = None) -> int:
         show = getattr(e, "show", None)
         if show is None:
             raise
-        show()
+        ctx = getattr(e, "ctx", None)
+        if type(e).__name__ == "NoArgsIsHelpError" or ctx is None or not hasattr(e, "format_message"):
+            show()
+        else:  # one line that says what is wrong and where the help is
+            typer.echo(f"{ctx.command_path}: {e.format_message()} (see `{ctx.command_path} --help`)", err=True)
         return int(getattr(e, "exit_code", 2))
     return 0
 

@@ -86,9 +86,9 @@ def rules_for(text: str, namespace: str, name: str, ips: set[str]) -> list[str]:
         while j < len(lines) and lines[j].strip() and _indent(lines[j]) > depth:
             keep.add(j)
             j += 1
-        for h in range(i - 1, -1, -1):  # the heading it sits under
+        for h in range(i - 1, -1, -1):  # the heading it sits under (not the end of a table)
             if lines[h].strip() and _indent(lines[h]) < depth:
-                keep.add(h)
+                keep.update([h] if lines[h].strip() != "COMMIT" else [])
                 break
     return [lines[i] for i in sorted(keep)]
 

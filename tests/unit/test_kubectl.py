@@ -338,3 +338,16 @@ def test_the_hint_after_up_names_what_the_lab_has():
     hint = up_hint(FakeLab({"Service": [shop], "Pod": [tester]}))
     assert "kplab curl tester shop" in hint and "kplab curl outside node-3:shop" in hint and "web" not in hint
     assert "curl" not in up_hint(FakeLab({})), "nothing to curl: no hint to"
+
+
+@pytest.mark.parametrize(
+    "argv,says",
+    [(["get", "pods", "-w"], "kplab get: No such option: -w"), (["label"], "kplab label: Missing argument")],
+)
+def test_a_usage_error_is_one_line(capsys, argv, says):
+    """click printed usage, a hint and the error over four lines."""
+    from kplab.cli import main
+
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(says) and len(err.strip().splitlines()) == 1, err
