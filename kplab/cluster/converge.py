@@ -28,6 +28,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from kplab.cluster import netns
 from kplab.cluster.run import NETNS_DIR
+from kplab.errors import LabError
 
 
 @dataclass(frozen=True)
@@ -91,26 +92,45 @@ def plan(want: dict[str, Want], built: dict[str, dict[str, Any]], unknown: list[
     return p
 
 
-def remove(b: netns.Builder, name: str, node_namespaces: list[str]) -> None:
-    """Take a pod's namespace away: its eth0 (and the address) first, then the name."""
-    ips: list[str] = []
-    if inode(name) is not None:
-        with contextlib.suppress(NetlinkError, OSError):
-            ipr = netns.open_ipr(name)
-            try:
-                eth0 = ipr.link_lookup(ifname="eth0")
-                if eth0:
-                    ips = [a.get_attr("IFA_ADDRESS") for a in ipr.get_addr(index=eth0[0], family=2)]
-                    ipr.link("del", index=eth0[0])
-            finally:
-                ipr.close()
-    for node_ns in node_namespaces if ips else []:
+DOOMED = 0x6B70  # the link group of veths about to go: one delete per node, one RCU grace period
+
+
+def remove(b: netns.Builder, names: list[str], record: dict[str, Any], node_namespaces: list[str]) -> None:
+    """Take pods' namespaces away: their veths (so their addresses) first, then the names.
+
+    The node-side veth is named after the namespace; deleting it takes eth0 along, even while
+    the echo agent still holds a socket in the namespace.  One request per node deletes them all
+    (deleting them one by one cost a grace period each: seconds when scaling down).
+    """
+    ips = {ip for n in names for ip in ([record[n]["ip"]] if n in record else _addresses(n))}
+    for node_ns in node_namespaces:
         ipr = b.ipr(node_ns)
+        doomed = [i for n in names for i in ipr.link_lookup(ifname=netns.veth_name(n))]
+        for idx in doomed:
+            ipr.link("set", index=idx, group=DOOMED)
+        if doomed:
+            ipr.link("del", group=DOOMED)
         for bridge in ipr.link_lookup(ifname="cni0"):
             for ip in ips:
                 with contextlib.suppress(NetlinkError):
                     ipr.neigh("del", dst=ip, ifindex=bridge)
-    netns.remove_netns(name)
+    for name in names:
+        netns.remove_netns(name)
+
+
+def _addresses(name: str) -> list[str]:
+    """eth0's IPv4 addresses in a namespace nobody recorded (left by a crash, or made by hand)."""
+    with contextlib.suppress(NetlinkError, OSError, LabError):
+        ipr = netns.open_ipr(name)
+        try:
+            return [
+                a.get_attr("IFA_ADDRESS")
+                for i in ipr.link_lookup(ifname="eth0")
+                for a in ipr.get_addr(index=i, family=2)
+            ]
+        finally:
+            ipr.close()
+    return []
 
 
 def build(
@@ -211,16 +231,17 @@ class Converging:
             p["status"]["hostIP"] = self.node_ip(p["spec"]["nodeName"])
         want = wanted(self.name, list(pods.values()))
         todo = plan(want, built, unknown)
-        if todo.remove and not starting:
+        early = bool(todo.remove) and not starting
+        if early:  # rules first: nothing may send to a pod whose namespace is about to go
             self._set_slices(exclude=todo.pending(want))
             self._sync_all()
         node_namespaces = [netns.ns_name(self.name, n) for n in data["nodes"]]
         b = netns.Builder(on_create=self.store.journal)
         try:
             before = {n: dict(e) for n, e in record.items()}
+            remove(b, todo.remove, before, node_namespaces)
             for name in todo.remove:
                 record.pop(name, None)
-                remove(b, name, node_namespaces)
             for name in todo.build:
                 w = want[name]
                 mac = before.get(name, {}).get("mac") if before.get(name, {}).get("ip") == w.ip else None
@@ -235,7 +256,8 @@ class Converging:
         self._set_slices()
         if not starting:
             self._update_echo()
-            self._sync_all()
+            if not early or todo.build:  # else the early sync had these very slices
+                self._sync_all()
             self._ensure_terminator()
 
     def _set_slices(self, exclude: set[str] | frozenset[str] = frozenset()) -> None:
