@@ -178,6 +178,28 @@ class KubectlVerbs:
             self._converge()
         return f"deployment.apps/{deployment} restarted"
 
+    def get(
+        self,
+        kind: str,
+        *names: str,
+        selector: str | None = None,
+        output: str | None = None,
+        namespace: str | None = None,
+    ) -> Any:
+        """kubectl get, for a notebook: the table as text (print it), or the data with output="json"."""
+        from kplab.cluster.kubeviews import get
+
+        data, text, missing = get(self, [kind, *names], selector, output, namespace)
+        if missing:
+            raise NotFound(missing)
+        return data if output in ("json", "yaml") else text
+
+    def describe(self, kind: str, *names: str, namespace: str | None = None) -> str:
+        """kubectl describe, for a notebook (print it); a Service's shows every node's rules for it."""
+        from kplab.cluster.describe import describe
+
+        return describe(self, kind, list(names), namespace)
+
     def rollout_status(self, deployment: str, namespace: str = "default") -> tuple[bool, str]:
         """(done, kubectl's line) as the Deployment is now; `kplab rollout status` waits on it."""
         self._load()

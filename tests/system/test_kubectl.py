@@ -354,6 +354,8 @@ def test_the_verbs_answer_as_kubectl(lab, capsys, monkeypatch):
     rc, out, _ = kplab(capsys, monkeypatch, "expose", "pod", "shell", "--port", "80", "--target-port", "9000")
     assert (rc, out) == (0, "service/shell exposed\n")
     assert lab.curl("client", "shell", n=2).backends == {"shell": 2}, "a handle sees what the CLI made"
+    assert "shell" in lab.get("pods", "shell") and lab.get("svc", "shell", output="json")["kind"] == "Service"
+    assert lab.describe("pod", "shell").startswith("Name:")
     rc, out, _ = kplab(capsys, monkeypatch, "describe", "service", "shell")
     assert "Endpoints:" in out and "node-2: last sync" in out
     assert "KUBE-SVC" in out and "default/shell" in out and "default/web" not in out, "its own rules only"
