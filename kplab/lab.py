@@ -3,9 +3,12 @@
     manifests --admit--> objects (lab.json) --controllers--> pods + EndpointSlices
         --build_state(node)--> ProxyState --mode.sync()--> the node's kernel
 
-The Lab object is a handle: every method reloads the lab's state directory, so a notebook and
-the CLI can act on the same lab.  Methods that change it hold the lab's lock; `up` is
-all-or-nothing and `down` removes exactly what the lab created.
+Every change ends by converging the kernel to the objects (kplab.cluster.converge: pods'
+namespaces, the echo workload, outside's routes, every node's rules); kubectl's verbs live in
+kplab.cluster.kubectl.  The Lab object is a handle: it reads the lab's state directory again
+whenever another process saved it, so a notebook and the CLI can act on the same lab.  Methods
+that change it hold the lab's lock; `up` is all-or-nothing and `down` removes exactly what the
+lab created.
 """
 
 from __future__ import annotations
