@@ -360,7 +360,9 @@ def test_the_verbs_answer_as_kubectl(lab, capsys, monkeypatch):
     assert "Endpoints:" in out and "node-2: last sync" in out
     assert "KUBE-SVC" in out and "default/shell" in out and "default/web" not in out, "its own rules only"
     kplab(capsys, monkeypatch, "delete", "pod", "shell")
-    kplab(capsys, monkeypatch, "delete", "svc", "shell")
+    rc, out, err = kplab(capsys, monkeypatch, "delete", "svc", "shell", "nothere")
+    assert rc == 1 and out == 'service "shell" deleted\n', "what was deleted is said, then NotFound"
+    assert err == 'Error from server (NotFound): services "nothere" not found\n'
 
 
 BAD_VERBS = {
