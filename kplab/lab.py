@@ -3,28 +3,32 @@
     manifests --admit--> objects (lab.json) --controllers--> pods + EndpointSlices
         --build_state(node)--> ProxyState --mode.sync()--> the node's kernel
 
-The Lab object is a handle: every method reloads the lab's state directory, so a notebook and
-the CLI can act on the same lab.  Methods that change it hold the lab's lock; `up` is
-all-or-nothing and `down` removes exactly what the lab created.
+Every change ends by converging the kernel to the objects (kplab.cluster.converge: pods'
+namespaces, the echo workload, outside's routes, every node's rules); kubectl's verbs live in
+kplab.cluster.kubectl.  The Lab object is a handle: it reads the lab's state directory again
+whenever another process saved it, so a notebook and the CLI can act on the same lab.  Methods
+that change it hold the lab's lock; `up` is all-or-nothing and `down` removes exactly what the
+lab created.
 """
 
 from __future__ import annotations
 
-import asyncio
-import functools
 import ipaddress
 import json
 import os
 import shutil
 import sys
 import time
-from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
-from kplab.cluster import controller, manifests, netns
+from kplab.cluster import apiserver, controller, manifests, netns
 from kplab.cluster.client import CurlResult, curl
+from kplab.cluster.converge import Converging
+from kplab.cluster.kubectl import KubectlVerbs
+from kplab.cluster.manifests import admit_all
+from kplab.cluster.offloop import off_loop
 from kplab.cluster.run import Result, run
 from kplab.cluster.store import Store, check_lab_name, spawn_detached, stop_pid, stop_recorded_processes
 from kplab.errors import KplabError, LabError
@@ -38,39 +42,39 @@ ECHO_MARKER = "kplab.cluster.echo"
 Source = str | Path | dict[str, Any]
 
 
-T = TypeVar("T")
-_worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kplab-netlink")
-
-
-def off_loop(fn: Callable[..., T]) -> Callable[..., T]:
-    """Run `fn` on a worker thread when the caller's thread runs an asyncio loop.
-
-    A Jupyter kernel runs one, and pyroute2's synchronous API cannot run inside a running
-    loop; everything that talks netlink goes through here, so notebooks call Lab as is.
-    """
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> T:
-        try:
-            asyncio.get_running_loop()
-        except RuntimeError:
-            return fn(*args, **kwargs)
-        return _worker.submit(fn, *args, **kwargs).result()
-
-    return wrapper
-
-
 def default_manifest() -> str:
     return (Path(__file__).parent / "manifests" / "default.yaml").read_text()
 
 
-class Lab:
+class Lab(KubectlVerbs, Converging):
     """A handle on one running lab; see the module docstring."""
 
     def __init__(self, name: str) -> None:
         check_lab_name(name)
         self.name = name
         self.store = Store(name)
-        self.data: dict[str, Any] = {}
+        self._data: dict[str, Any] = {}
+        self._stamp: tuple[int, int] | None = None
+
+    @property
+    def data(self) -> dict[str, Any]:
+        """The lab's state as last read; read again when another process (the CLI beside a notebook,
+        the terminator) has saved it since, so a handle never shows what is no longer so."""
+        stamp = self._file_stamp()
+        if self._data and stamp is not None and stamp != self._stamp:
+            self._data, self._stamp = self.store.load(), stamp
+        return self._data
+
+    @data.setter
+    def data(self, value: dict[str, Any]) -> None:
+        self._data, self._stamp = value, self._file_stamp()
+
+    def _file_stamp(self) -> tuple[int, int] | None:
+        try:
+            st = os.stat(self.store.dir / "lab.json")
+        except FileNotFoundError:
+            return None
+        return (st.st_ino, st.st_mtime_ns)
 
     # ------------------------------------------------------------------ lifecycle
     @classmethod
@@ -88,7 +92,7 @@ class Lab:
             raise LabError(f"--nodes {nodes}: a lab has 1 to 20 nodes")
         network = manifests_network(options)
         network.check()
-        docs = _admit_all(network, {}, list(manifests) if manifests is not None else [default_manifest()])
+        docs = admit_all(network, {}, list(manifests) if manifests is not None else [default_manifest()])
         lab.store.create()
         try:
             with lab.store.locked():
@@ -97,9 +101,9 @@ class Lab:
                             "objects": {}, "pids": {}, "generation": 0, "created": time.time()}
                 lab._check_pins(docs)
                 for d in docs:
-                    lab.data["objects"].setdefault(d.kind, {})[d.key] = d.body
-                lab._reconcile_objects()
+                    apiserver.store(lab.data["objects"], d.kind, d.key, d.body, lab.data["created"])
                 lab._build_topology()
+                lab._converge(starting=True)
                 lab._start_echo()
                 lab._sync_all()
                 lab.data["status"] = "up"
@@ -139,7 +143,8 @@ class Lab:
 
     # ------------------------------------------------------------------ state helpers
     def _load(self) -> dict[str, Any]:
-        self.data = self.store.load()
+        stamp = self._file_stamp()  # before reading: a save in between is seen as a change next time
+        self._data, self._stamp = self.store.load(), stamp
         if self.data.get("status") != "up":
             raise LabError(f"lab {self.name!r} is not up (status {self.data.get('status')}): "
                            f"`kplab clean --lab {self.name}` removes what a crashed lab left")
@@ -265,6 +270,7 @@ class Lab:
         with kube_proxy_servers(self, states) as feed:  # health, metrics: fed around every sync
             for node, state in states.items():
                 feed.synced(node, self.proxier(node).sync(state))
+        self.data["syncs"] = {n: {"at": time.time(), **vars(r)} for n, r in feed.results.items()}  # for describe
         return feed.results
 
     @off_loop
@@ -304,44 +310,8 @@ class Lab:
                 raise
 
     # ------------------------------------------------------------------ objects
-    @off_loop
-    def apply(self, *sources: Source) -> list[str]:
-        """kubectl apply: admit, reconcile pods/slices/namespaces, resync every node."""
-        with self._mutate():
-            docs = _admit_all(manifests_network(self.data["network"]),
-                              self.data["objects"].get("Service", {}), list(sources))
-            self._check_pins(docs)
-            for d in docs:
-                self.data["objects"].setdefault(d.kind, {})[d.key] = d.body
-            self._apply_changes()
-            return [f"{d.kind.lower()}/{d.body['metadata']['name']}" for d in docs]
-
-    @off_loop
-    def delete(self, *sources: Source) -> list[str]:
-        with self._mutate():
-            gone = []
-            for d in manifests.load(sources):
-                if self.data["objects"].get(d.kind, {}).pop(d.key, None) is not None:
-                    gone.append(f"{d.kind.lower()}/{d.body['metadata']['name']}")
-                if d.kind == "Deployment":
-                    pods = self.data["objects"].get("Pod", {})
-                    for k in [k for k, p in pods.items() if (p["metadata"].get("labels") or {}).get(
-                            controller.OWNER_LABEL) == d.body["metadata"]["name"]]:
-                        del pods[k]
-            self._apply_changes()
-            return gone
-
-    @off_loop
-    def scale(self, deployment: str, replicas: int) -> None:
-        with self._mutate():
-            dep = self.data["objects"].get("Deployment", {}).get(f"default/{deployment}")
-            if dep is None:
-                raise LabError(f"no Deployment named {deployment!r}")
-            if not 0 <= replicas <= 200:
-                raise LabError(f"replicas {replicas}: a lab allows 0 to 200")
-            dep["spec"]["replicas"] = replicas
-            self._apply_changes()
-
+    # apply, delete, scale, label, run, expose, rollout: kplab.cluster.kubectl (KubectlVerbs);
+    # what every change ends with, the kernel converged to the objects: kplab.cluster.converge
     @off_loop
     def set_ready(self, pod: str, ready: bool = True, terminating: bool = False) -> None:
         """Flip a pod's readiness (and terminating state): its EndpointSlice follows."""
@@ -349,7 +319,7 @@ class Lab:
             ann = self._pod(pod)["metadata"].setdefault("annotations", {})
             ann[controller.READY_ANN] = "true" if ready or terminating else "false"
             ann[controller.TERMINATING_ANN] = "true" if terminating else "false"
-            self._apply_changes()
+            self._converge()
 
     @off_loop
     def echo_stop(self, pod: str) -> None:
@@ -363,42 +333,6 @@ class Lab:
         with self._mutate():
             self._pod(pod)["metadata"].setdefault("annotations", {}).pop("kplab.io/echo", None)
             self._update_echo()
-
-    def _check_pins(self, docs: list[manifests.Doc]) -> None:
-        for d in docs:
-            if d.kind == "Pod" and (d.body.get("spec") or {}).get("nodeName") not in (None, *self.data["nodes"]):
-                raise d.error(f"node {d.body['spec']['nodeName']!r} does not exist in this lab "
-                              f"({', '.join(self.data['nodes'])})", "spec.nodeName")
-
-    def _reconcile_objects(self) -> None:
-        objs = self.data["objects"]
-        controller.reconcile_pods(objs, self.data["nodes"], {n: self.pod_cidr(n) for n in self.data["nodes"]})
-        for p in objs.get("Pod", {}).values():
-            p["status"]["hostIP"] = self.node_ip(p["spec"]["nodeName"])
-        given = {k: s for k, s in objs.get("EndpointSlice", {}).items()
-                 if (s["metadata"].get("labels") or {}).get("endpointslice.kubernetes.io/managed-by")
-                 != controller.MANAGED_BY}
-        managed = controller.endpoint_slices(objs, {n: self.node_labels(n).get(controller.ZONE_LABEL, "")
-                                                    for n in self.data["nodes"]})
-        controller.stamp_trigger_times(objs.get("EndpointSlice", {}), managed, time.time())
-        objs["EndpointSlice"] = {**given, **managed}
-
-    def _apply_changes(self) -> None:
-        before = set(self.data["objects"].get("Pod", {}))
-        self._reconcile_objects()
-        after = set(self.data["objects"].get("Pod", {}))
-        b = netns.Builder(on_create=self.store.journal)
-        try:
-            for key in sorted(before - after):
-                name = key.split("/", 1)[1]
-                netns.remove_netns(netns.ns_name(self.name, name))
-            for key in sorted(after - before):
-                self._build_pod(b, self.data["objects"]["Pod"][key])
-            self._outside_routes(b)
-        finally:
-            b.close()
-        self._update_echo()
-        self._sync_all()
 
     # ------------------------------------------------------------------ topology
     def _build_topology(self) -> None:
@@ -423,44 +357,17 @@ class Lab:
             outside = netns.ns_name(self.name, "outside")
             b.create_netns(outside)
             b.attach(net_ns, br, "outside", outside, f"{net.network_address + 100}/{net.prefixlen}", gw)
-            for pod in data["objects"].get("Pod", {}).values():
-                self._build_pod(b, pod)
-            self._outside_routes(b)
         finally:
             b.close()
 
-    def _build_pod(self, b: netns.Builder, pod: dict[str, Any]) -> None:
-        ns = netns.ns_name(self.name, pod["metadata"]["name"])
-        node = pod["spec"]["nodeName"]
-        node_ns = netns.ns_name(self.name, node)
-        b.create_netns(ns)
-        cidr = ipaddress.ip_network(self.pod_cidr(node))
-        bridge = b.ipr(node_ns).link_lookup(ifname="cni0")[0]
-        b.attach(node_ns, bridge, netns.veth_name(ns), ns, f"{pod['status']['podIP']}/{cidr.prefixlen}",
-                 str(cidr.network_address + 1), hairpin=True)
-
-    def _outside_routes(self, b: netns.Builder) -> None:
-        """The outside client reaches externalIPs and LoadBalancer IPs through node-1, like a router would."""
-        outside = netns.ns_name(self.name, "outside")
-        ipr = b.ipr(outside)
-        have = {r.get_attr("RTA_DST") for r in ipr.get_routes(family=2) if r["dst_len"] == 32}
-        node_net = ipaddress.ip_network(self.data["network"]["node_cidr"])
-        for svc in self.data["objects"].get("Service", {}).values():
-            ips = list((svc.get("spec") or {}).get("externalIPs") or [])
-            ips += [i["ip"] for i in ((svc.get("status") or {}).get("loadBalancer") or {}).get("ingress") or []
-                    if i.get("ip")]
-            for ip in ips:
-                if ip not in have and ipaddress.ip_address(ip) not in node_net:
-                    ipr.route("add", dst=f"{ip}/32", gateway=self.node_ip(self.data["nodes"][0]))
-                    have.add(ip)
-
     # ------------------------------------------------------------------ workload
     def _echo_spec(self) -> dict[str, Any]:
-        pods = []
+        pods, built = [], self.data.get("podnet", {})
         for pod in self.data["objects"].get("Pod", {}).values():
             ports = sorted({(int(p["containerPort"]), p.get("protocol", "TCP"))
                             for c in pod["spec"].get("containers") or [] for p in c.get("ports") or []})
-            pods.append({"name": pod["metadata"]["name"], "netns": netns.ns_name(self.name, pod["metadata"]["name"]),
+            ns = netns.ns_name(self.name, pod["metadata"]["name"])
+            pods.append({"name": pod["metadata"]["name"], "netns": ns, "ino": built.get(ns, {}).get("ino"),
                          "ip": pod["status"]["podIP"], "node": pod["spec"]["nodeName"], "ports": ports,
                          "stopped": (pod["metadata"].get("annotations") or {}).get("kplab.io/echo") == "stopped"})
         self.data["generation"] = self.data.get("generation", 0) + 1
@@ -558,13 +465,13 @@ class Lab:
         return list_entries(self, node, service)
 
     def warnings(self) -> list[str]:
-        """Services whose selector matches no pod: allowed, but they will have no endpoints."""
+        """Services whose selector matches no pod (allowed, but without endpoints), and the last apply's notes."""
         data = self.data or self._load()
-        out = []
+        out = list(self.notes)
         for key, svc in sorted(data["objects"].get("Service", {}).items()):
             sel = (svc.get("spec") or {}).get("selector") or {}
             ns, name = key.split("/", 1)
-            if sel and not any(controller._matches(sel, (p["metadata"].get("labels") or {}))
+            if sel and not any(controller.matches(sel, (p["metadata"].get("labels") or {}))
                                and p["metadata"]["namespace"] == ns for p in data["objects"].get("Pod", {}).values()):
                 labels = ",".join(f"{k}={v}" for k, v in sel.items())
                 out.append(f"service/{name}: selector {labels} matches no pod, so the Service has no endpoints")
@@ -599,6 +506,7 @@ class _Mutation:
         try:
             if et is None:
                 self.lab.store.save(self.lab.data)
+                self.lab._stamp = self.lab._file_stamp()  # our own save: nothing to read again
         finally:
             self._cm.__exit__(et, ev, tb)
 
@@ -606,11 +514,6 @@ class _Mutation:
 def manifests_network(options: dict[str, Any]) -> manifests.Network:
     keys = ("service_cidr", "cluster_cidr", "node_cidr", "lb_pool")
     return manifests.Network(**{k: options[k] for k in keys if options.get(k)})
-
-
-def _admit_all(network: manifests.Network, existing: dict[str, Any], sources: list[Source]) -> list[manifests.Doc]:
-    adm = manifests.Admission(network, dict(existing))
-    return [adm.admit(d) for d in manifests.load(sources)]
 
 
 def remove_namespaces(lab: str, journaled: list[str]) -> None:

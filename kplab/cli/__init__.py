@@ -16,7 +16,7 @@ from typing import Any
 
 import typer
 
-CLI_MODULES = ["kplab.cli.core", "kplab.cli.packets", "kplab.cli.course", "kplab.cli.bench"]
+CLI_MODULES = ["kplab.cli.core", "kplab.cli.kubectl", "kplab.cli.packets", "kplab.cli.course", "kplab.cli.bench"]
 
 app = typer.Typer(
     help="kplab: how Kubernetes Services really work on a node (kube-proxy's modes, in network namespaces).",
@@ -66,6 +66,9 @@ def _lift_lab_option(argv: list[str]) -> list[str]:
 
 
 def _register() -> None:
+    if getattr(app, "_kplab_registered", False):
+        return  # main() may run more than once in a process (tests)
+    app._kplab_registered = True  # type: ignore[attr-defined]
     for name in CLI_MODULES:
         try:
             module = importlib.import_module(name)
@@ -96,7 +99,11 @@ def main(argv: list[str] | None = None) -> int:
         show = getattr(e, "show", None)
         if show is None:
             raise
-        show()
+        ctx = getattr(e, "ctx", None)
+        if type(e).__name__ == "NoArgsIsHelpError" or ctx is None or not hasattr(e, "format_message"):
+            show()
+        else:  # one line that says what is wrong and where the help is
+            typer.echo(f"{ctx.command_path}: {e.format_message()} (see `{ctx.command_path} --help`)", err=True)
         return int(getattr(e, "exit_code", 2))
     return 0
 

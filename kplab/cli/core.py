@@ -1,5 +1,5 @@
-"""Lab lifecycle and kubectl-like verbs: up, down, clean, status, apply, delete, get, exec,
-curl, scale, ready, mode, render, rules, doctor."""
+"""Lab lifecycle and the lab's own verbs: up, down, clean, status, ready, exec, curl, mode, rules,
+render, doctor (kubectl's verbs are in kplab.cli.kubectl)."""
 
 from __future__ import annotations
 
@@ -36,7 +36,9 @@ def register(app: typer.Typer) -> None:
             typer.echo(f"warning: {w}", err=True)
         typer.echo(f"lab {st['name']!r} is up: {len(st['nodes'])} nodes, {st['pods']} pods, "
                    f"{st['services']} services, mode {st['mode']}")
-        typer.echo(f"  try: kplab curl client web -n 30    kplab rules node-1    ip netns list | grep kplab-{st['name']}")
+        from kplab.cli.kubectl import up_hint
+
+        typer.echo(up_hint(lab))
 
     @app.command()
     def down() -> None:
@@ -74,41 +76,12 @@ def register(app: typer.Typer) -> None:
         emit(st, output, text)
 
     @app.command()
-    def apply(files: list[Path] = typer.Option(..., "-f", "--filename")) -> None:
-        """Create or update objects from manifests; every node is reprogrammed."""
-        lab = attach()
-        for name in lab.apply(*files):
-            typer.echo(f"{name} configured")
-        for w in lab.warnings():
-            typer.echo(f"warning: {w}", err=True)
-
-    @app.command()
-    def delete(files: list[Path] = typer.Option(..., "-f", "--filename")) -> None:
-        """Delete the objects named in manifests."""
-        for name in attach().delete(*files):
-            typer.echo(f"{name} deleted")
-
-    @app.command()
-    def scale(deployment: str, replicas: int = typer.Option(..., "--replicas")) -> None:
-        """Scale a Deployment: pods come and go, EndpointSlices and rules follow."""
-        attach().scale(deployment, replicas)
-        typer.echo(f"deployment/{deployment} scaled to {replicas}")
-
-    @app.command()
     def ready(pod: str, state: str = typer.Argument("true", help="true, false or terminating")) -> None:
         """Flip a pod's readiness (or make it terminating): watch its endpoint follow."""
         if state not in ("true", "false", "terminating"):
             raise typer.BadParameter("state is true, false or terminating")
         attach().set_ready(pod, ready=state == "true", terminating=state == "terminating")
         typer.echo(f"pod/{pod} ready={state}")
-
-    @app.command()
-    def get(kind: str, output: str | None = OUT) -> None:
-        """List nodes, pods, services or endpointslices (-o json|yaml as kubectl prints them)."""
-        from kplab.cli.views import get_view
-
-        data, text = get_view(attach(), kind, output)
-        emit(data, output if output in ("json", "yaml") else "text", text)
 
     @app.command("exec", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
     def exec_(ctx: typer.Context, name: str) -> None:

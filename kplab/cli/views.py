@@ -1,4 +1,4 @@
-"""What the core commands print: kubectl-shaped lists, render input, the doctor's report."""
+"""What the core commands print: render input, the doctor's report (`get` is kplab.cluster.kubeviews)."""
 
 from __future__ import annotations
 
@@ -8,75 +8,6 @@ from pathlib import Path
 from typing import Any
 
 from kplab.cluster import controller, manifests
-
-KIND_ALIASES = {
-    "nodes": "Node", "node": "Node", "no": "Node",
-    "pods": "Pod", "pod": "Pod", "po": "Pod",
-    "services": "Service", "service": "Service", "svc": "Service",
-    "endpointslices": "EndpointSlice", "endpointslice": "EndpointSlice",
-    "deployments": "Deployment", "deployment": "Deployment", "deploy": "Deployment",
-}
-
-
-def _table(rows: list[list[str]]) -> str:
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return "\n".join("   ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
-
-
-def get_view(lab: Any, kind: str, output: str | None) -> tuple[dict[str, Any], str]:
-    k = KIND_ALIASES.get(kind.lower())
-    if k is None:
-        from kplab.errors import LabError
-
-        raise LabError(f"unknown resource {kind!r}: nodes, pods, services, endpointslices or deployments")
-    if k == "Node":
-        items = [{"apiVersion": "v1", "kind": "Node", "metadata": {"name": n, "labels": lab.node_labels(n)},
-                  "spec": {"podCIDR": lab.pod_cidr(n), "podCIDRs": [lab.pod_cidr(n)]},
-                  "status": {"addresses": [{"type": "InternalIP", "address": lab.node_ip(n)}]}} for n in lab.nodes]
-        rows = [["NAME", "INTERNAL-IP", "POD-CIDR", "MODE"]] + [
-            [i["metadata"]["name"], lab.node_ip(i["metadata"]["name"]), i["spec"]["podCIDR"], lab.mode] for i in items]
-    else:
-        items = lab.objects(k)
-        rows = [_header(k, output)] + [_row(k, o, output) for o in items]
-    return {"apiVersion": "v1", "kind": "List", "items": items}, _table(rows)
-
-
-def _header(kind: str, output: str | None) -> list[str]:
-    return {
-        "Pod": ["NAME", "READY", "IP", "NODE"] + (["LABELS", "PORTS"] if output == "wide" else []),
-        "Service": ["NAME", "TYPE", "CLUSTER-IP", "EXTERNAL-IP", "PORT(S)"] + (["SELECTOR"] if output == "wide" else []),
-        "EndpointSlice": ["NAME", "ADDRESSTYPE", "PORTS", "ENDPOINTS"],
-        "Deployment": ["NAME", "READY", "SELECTOR"],
-    }[kind]
-
-
-def _row(kind: str, o: dict[str, Any], output: str | None) -> list[str]:
-    md, spec = o["metadata"], o.get("spec") or {}
-    if kind == "Pod":
-        ready, _, term = controller.pod_condition(o)
-        row = [md["name"], "Terminating" if term else ("1/1" if ready else "0/1"), o["status"]["podIP"],
-               spec.get("nodeName", "")]
-        if output == "wide":
-            ports = [f"{p['containerPort']}/{p.get('protocol', 'TCP')}" for c in spec.get("containers") or []
-                     for p in c.get("ports") or []]
-            row += [",".join(f"{k}={v}" for k, v in (md.get("labels") or {}).items()), ",".join(ports)]
-        return row
-    if kind == "Service":
-        ext = list(spec.get("externalIPs") or []) + [i.get("ip", "") for i in ((o.get("status") or {}).get(
-            "loadBalancer") or {}).get("ingress") or []]
-        ports = ",".join(f"{p['port']}" + (f":{p['nodePort']}" if p.get("nodePort") else "") + f"/{p.get('protocol', 'TCP')}"
-                         for p in spec.get("ports") or [])
-        row = [md["name"], spec.get("type", "ClusterIP"), spec.get("clusterIP", ""), ",".join(ext) or "<none>", ports]
-        if output == "wide":
-            row.append(",".join(f"{k}={v}" for k, v in (spec.get("selector") or {}).items()) or "<none>")
-        return row
-    if kind == "EndpointSlice":
-        eps = [a for e in o.get("endpoints") or [] for a in e.get("addresses") or []]
-        return [md["name"], o.get("addressType", ""), ",".join(str(p.get("port")) for p in o.get("ports") or []) or "<unset>",
-                ",".join(eps[:3]) + (f" + {len(eps) - 3} more" if len(eps) > 3 else "") or "<unset>"]
-    dep = spec.get("replicas", 1)
-    return [md["name"], f"{dep}/{dep}", ",".join(f"{k}={v}" for k, v in
-                                                 ((spec.get("selector") or {}).get("matchLabels") or {}).items())]
 
 
 def render_state(files: list[Path], **config: Any) -> Any:

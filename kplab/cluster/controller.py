@@ -1,19 +1,23 @@
 """The controllers a real cluster runs, reduced to what kube-proxy's inputs need.
 
-* Deployment -> Pods (ReplicaSet-style names, spread over nodes, IPs from the node's pod CIDR);
+* Deployment -> Pods: kplab.cluster.deployments (ReplicaSet-style names, rolling updates);
+* scheduling and IPAM here: unplaced pods go to the node with the fewest pods, addresses come
+  from the node's pod CIDR host-local style (the next free one after the last handed out,
+  never one a pod namespace still holds);
 * Service selector + Pods -> EndpointSlices with ready/serving/terminating, nodeName, the
   node's zone and, for `trafficDistribution`, the topology hints, like the endpointslice
   controller (named target ports resolved per pod; hints as its trafficdist package writes
-  them); `stamp_trigger_times` adds its last-change-trigger-time annotation.
+  them; a Service without endpoints gets a placeholder slice with no ports, as upstream);
+  `stamp_trigger_times` adds its last-change-trigger-time annotation.
 
 Readiness is driven by annotations, since no real container runs: `kplab.io/ready: "false"`
-makes a pod unready, `kplab.io/terminating: "true"` makes it a terminating-but-serving pod.
+makes a pod unready, `kplab.io/terminating: "true"` makes it a terminating-but-serving pod,
+as does a `metadata.deletionTimestamp` (a pod a rollout is replacing).
 All functions are pure over the lab's object store (plain dicts).
 """
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import ipaddress
 import re
@@ -24,91 +28,90 @@ from kplab.errors import LabError
 
 READY_ANN = "kplab.io/ready"
 TERMINATING_ANN = "kplab.io/terminating"
-OWNER_LABEL = "kplab.io/deployment"
 MANAGED_BY = "endpointslice-controller.k8s.io"
 ZONE_LABEL = "topology.kubernetes.io/zone"
 TRIGGER_ANN = "endpoints.kubernetes.io/last-change-trigger-time"
 PREFER_CLOSE = ("PreferClose", "PreferSameZone", "PreferSameNode")
 LABEL_VALUE = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
-_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"  # the API server's name suffix alphabet
+ALPHABET = "bcdfghjklmnpqrstvwxz2456789"  # the API server's name suffix alphabet
 
 
-def _suffix(seed: str, n: int) -> str:
+def suffix(seed: str, n: int) -> str:
     digest = hashlib.sha256(seed.encode()).digest()
-    return "".join(_ALPHABET[b % len(_ALPHABET)] for b in digest[:n])
+    return "".join(ALPHABET[b % len(ALPHABET)] for b in digest[:n])
 
 
 def pod_condition(pod: dict[str, Any]) -> tuple[bool, bool, bool]:
-    """(ready, serving, terminating) of a lab pod from its annotations."""
-    ann = (pod.get("metadata") or {}).get("annotations") or {}
-    terminating = ann.get(TERMINATING_ANN) == "true"
+    """(ready, serving, terminating) of a lab pod from its annotations and deletionTimestamp."""
+    md = pod.get("metadata") or {}
+    ann = md.get("annotations") or {}
+    terminating = ann.get(TERMINATING_ANN) == "true" or bool(md.get("deletionTimestamp"))
     serving = ann.get(READY_ANN, "true") != "false"
     return (serving and not terminating, serving, terminating)
 
 
-def _matches(selector: dict[str, str], labels: dict[str, str]) -> bool:
+def matches(selector: dict[str, str], labels: dict[str, str]) -> bool:
     return bool(selector) and all(labels.get(k) == v for k, v in selector.items())
 
 
-def reconcile_pods(objects: dict[str, dict[str, Any]], nodes: list[str], pod_cidrs: dict[str, str]) -> None:
-    """Create/delete Deployment pods to match replicas; place and address every pod (in place)."""
-    pods = objects.setdefault("Pod", {})
-    for dkey, dep in sorted(objects.get("Deployment", {}).items()):
-        ns, name = dkey.split("/", 1)
-        spec = dep.get("spec") or {}
-        template = spec.get("template") or {}
-        tmpl_hash = _suffix(repr(sorted((template.get("metadata") or {}).get("labels", {}).items())) + name, 10)
-        owned = sorted((k for k, p in pods.items() if (p["metadata"].get("labels") or {}).get(OWNER_LABEL) == name
-                        and p["metadata"]["namespace"] == ns), key=lambda k: pods[k]["metadata"].get("uid", k))
-        replicas = int(spec.get("replicas", 1))
-        for k in owned[replicas:]:
-            del pods[k]
-        i = 0
-        while len([k for k in pods if (pods[k]["metadata"].get("labels") or {}).get(OWNER_LABEL) == name
-                   and pods[k]["metadata"]["namespace"] == ns]) < replicas:
-            pname = f"{name}-{tmpl_hash}-{_suffix(f'{dkey}/{i}', 5)}"
-            i += 1
-            if f"{ns}/{pname}" in pods:
-                continue
-            md = copy.deepcopy(template.get("metadata") or {})
-            md.update(name=pname, namespace=ns, uid=f"{len(pods):06d}-{pname}")
-            md.setdefault("labels", {})[OWNER_LABEL] = name
-            md["labels"]["pod-template-hash"] = tmpl_hash
-            pods[f"{ns}/{pname}"] = {"apiVersion": "v1", "kind": "Pod", "metadata": md,
-                                     "spec": copy.deepcopy(template.get("spec") or {"containers": []})}
-    # place unplaced pods on the node with the fewest pods (ties: lowest name), then address them
+
+
+def creation_order(pod: dict[str, Any]) -> tuple[str, str]:
+    md = pod["metadata"]
+    return (md.get("creationTimestamp") or "", md["name"])
+
+
+def place_and_address(pods: dict[str, dict[str, Any]], nodes: list[str], pod_cidrs: dict[str, str],
+                      held: dict[str, set[str]] | None = None, last: dict[str, str] | None = None) -> None:
+    """Schedule unplaced pods and give unaddressed ones an IP (in place).
+
+    `held`: addresses per node that a pod namespace still holds (never handed out again until
+    it is gone).  `last`: the last address handed out per node, updated: the next pod gets the
+    next free address after it, as CNI's host-local IPAM does, so a deleted pod's address is
+    not the first one reused.
+    """
     load = {n: 0 for n in nodes}
     for p in pods.values():
-        node = p["spec"].get("nodeName")
-        if node in load:
-            load[node] += 1
-    for key in sorted(pods, key=lambda k: pods[k]["metadata"].get("uid", k)):
-        p = pods[key]
+        if p["spec"].get("nodeName") in load:
+            load[p["spec"]["nodeName"]] += 1
+    ordered = sorted(pods.values(), key=creation_order)
+    for p in ordered:
         if not p["spec"].get("nodeName"):
             node = min(nodes, key=lambda n: (load[n], n))
             p["spec"]["nodeName"] = node
             load[node] += 1
-    used: dict[str, set[str]] = {n: set() for n in nodes}
+    used: dict[str, set[str]] = {n: set(ips) for n, ips in (held or {}).items()}
     for p in pods.values():
         ip = (p.get("status") or {}).get("podIP")
         if ip:
             used.setdefault(p["spec"]["nodeName"], set()).add(ip)
-    for key in sorted(pods, key=lambda k: pods[k]["metadata"].get("uid", k)):
-        p = pods[key]
+    last = {} if last is None else last
+    for p in ordered:
         status = p.setdefault("status", {})
         if not status.get("podIP"):
             node = p["spec"]["nodeName"]
-            net = ipaddress.ip_network(pod_cidrs[node])
-            for host in list(net.hosts())[1:]:  # .1 is the node's bridge
-                if str(host) not in used[node]:
-                    status["podIP"] = str(host)
-                    used[node].add(str(host))
-                    break
-        status["hostIP"] = ""  # filled by the lab with the node IP
+            status["podIP"] = _next_free(pod_cidrs[node], used.setdefault(node, set()), last.get(node))
+            used[node].add(status["podIP"])
+            last[node] = status["podIP"]
         ready, _, _ = pod_condition(p)
         status["phase"] = "Running"
         status["podIPs"] = [{"ip": status["podIP"]}]
         status["conditions"] = [{"type": "Ready", "status": "True" if ready else "False"}]
+
+
+def _next_free(cidr: str, used: set[str], last: str | None) -> str:
+    net = ipaddress.ip_network(cidr)
+    hosts = list(net.hosts())[1:]  # .1 is the node's bridge
+    start = 0
+    if last and ipaddress.ip_address(last) in net:
+        start = (int(ipaddress.ip_address(last)) - int(hosts[0]) + 1) % len(hosts)
+    for i in range(len(hosts)):
+        ip = str(hosts[(start + i) % len(hosts)])
+        if ip not in used:
+            return ip
+    from kplab.errors import LabError
+
+    raise LabError(f"no free pod address left in {cidr}: delete some pods")
 
 
 def _resolve_target(port: dict[str, Any], pod: dict[str, Any]) -> int | None:
@@ -141,7 +144,7 @@ def endpoint_slices(objects: dict[str, dict[str, Any]],
             continue
         groups: dict[tuple[tuple[str, int, str], ...], list[dict[str, Any]]] = {}
         for p in sorted(pods.values(), key=lambda p: p["metadata"]["name"]):
-            if p["metadata"]["namespace"] != ns or not _matches(selector, p["metadata"].get("labels") or {}):
+            if p["metadata"]["namespace"] != ns or not matches(selector, p["metadata"].get("labels") or {}):
                 continue
             resolved = []
             for port in spec.get("ports") or []:
@@ -150,11 +153,9 @@ def endpoint_slices(objects: dict[str, dict[str, Any]],
                     resolved.append((port.get("name") or "", tp, port.get("protocol", "TCP")))
             groups.setdefault(tuple(resolved), []).append(p)
         if not groups:
-            groups[tuple((p.get("name") or "", p.get("targetPort", p["port"]) if isinstance(
-                p.get("targetPort", p["port"]), int) else p["port"], p.get("protocol", "TCP"))
-                for p in spec.get("ports") or [])] = []
+            groups[()] = []  # upstream's placeholder slice: no endpoints, ports <unset>
         for ports, members in groups.items():
-            sname = f"{name}-{_suffix(skey + repr(ports), 5)}"
+            sname = f"{name}-{suffix(skey + repr(ports), 5)}"
             eps = []
             for p in members:
                 ready, serving, terminating = pod_condition(p)
@@ -173,8 +174,9 @@ def endpoint_slices(objects: dict[str, dict[str, Any]],
                     "kubernetes.io/service-name": name, "endpointslice.kubernetes.io/managed-by": MANAGED_BY}},
                 "addressType": "IPv4",
                 "endpoints": eps,
-                "ports": [{"name": n, "port": pt, "protocol": pr} for n, pt, pr in ports],
             }
+            if ports:  # none resolved (or no endpoints at all): the field is unset, as upstream leaves it
+                out[f"{ns}/{sname}"]["ports"] = [{"name": n, "port": pt, "protocol": pr} for n, pt, pr in ports]
     return out
 
 

@@ -55,7 +55,7 @@ def _open_in(netns: str, ip: str, port: int, proto: str) -> socket.socket:
 class Agent:
     def __init__(self, state_dir: str) -> None:
         self.state_dir = state_dir
-        self.servers: dict[str, Any] = {}  # "netns|ip|port|proto" -> asyncio Server or transport
+        self.servers: dict[str, Any] = {}  # "netns|inode|ip|port|proto" -> asyncio Server or transport
 
     def identity(self, pod: dict[str, Any], port: int, proto: str, peer: tuple[str, int]) -> bytes:
         return json.dumps({"pod": pod["name"], "pod_ip": pod["ip"], "node": pod["node"], "client_ip": peer[0],
@@ -95,7 +95,8 @@ class Agent:
             if pod.get("stopped"):
                 continue
             for port, proto in pod["ports"]:
-                wanted[f"{pod['netns']}|{pod['ip']}|{port}|{proto}"] = (pod, port, proto)
+                # the netns inode: a namespace rebuilt under the same name gets new sockets
+                wanted[f"{pod['netns']}|{pod.get('ino')}|{pod['ip']}|{port}|{proto}"] = (pod, port, proto)
         for key in list(self.servers):
             if key not in wanted:
                 self.servers.pop(key).close()

@@ -35,6 +35,7 @@ KINDS = {
 NODEPORT_RANGE = (30000, 32767)
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 MAX_POD_NAME = 63  # a pod becomes netns kplab-<lab>-<pod>; keep it a DNS label
+LAB_NAMESPACES = re.compile(r"^(net|outside|node-[0-9]+)$")  # the lab's own netns names beside the pods'
 
 
 @dataclass
@@ -170,6 +171,7 @@ def _hash_pick(key: str, size: int, taken: Callable[[int], bool], first: int = 0
 class Admission:
     network: Network
     services: dict[str, dict[str, Any]] = field(default_factory=dict)  # existing, by ns/name
+    pods: dict[str, dict[str, Any]] = field(default_factory=dict)  # existing, by ns/name
 
     def __post_init__(self) -> None:
         # who holds each allocation, so admitting a Service probes in O(1) instead of rescanning all
@@ -212,7 +214,27 @@ class Admission:
             self._admit_service(out)
         elif doc.kind in ("Deployment", "Pod"):
             self._check_pod_template(out)
+        if doc.kind == "Pod":
+            self._check_pod_name(out)
         return out
+
+    def _check_pod_name(self, doc: Doc) -> None:
+        """Each pod is the netns kplab-<lab>-<pod>, beside the lab's own: pod names are unique per lab.
+
+        Refused rather than renamed: the netns name is what learners type (`kplab exec POD`,
+        `ip netns exec kplab-<lab>-POD`), so one name must mean one pod.
+        """
+        name = doc.body["metadata"]["name"]
+        if LAB_NAMESPACES.match(name):
+            raise doc.error(f"{name!r} names one of the lab's own network namespaces (kplab-<lab>-{name}); "
+                            "pods, nodes, `net` and `outside` share one set of names: choose another", "metadata.name")
+        for key in self.pods:
+            ns, other = key.split("/", 1)
+            if other == name and key != doc.key:
+                raise doc.error(f"a Pod named {name!r} exists in namespace {ns!r}: each pod is a network namespace "
+                                f"named after it (kplab-<lab>-{name}), so pod names are unique across a lab's "
+                                "namespaces: choose another", "metadata.name")
+        self.pods[doc.key] = doc.body
 
     def _check_pod_template(self, doc: Doc) -> None:
         spec = doc.body.get("spec") or {}
@@ -326,3 +348,9 @@ class Admission:
                 body.setdefault("status", {})["loadBalancer"] = {"ingress": [{"ip": str(pool.network_address + off)}]}
         self.services[key] = body
         self._index(key, body)
+
+
+def admit_all(network: Network, objects: dict[str, dict[str, Any]], sources: list[Any]) -> list[Doc]:
+    """Admit every document of `sources` against the stored `objects`, all or nothing."""
+    adm = Admission(network, dict(objects.get("Service", {})), dict(objects.get("Pod", {})))
+    return [adm.admit(d) for d in load(sources)]

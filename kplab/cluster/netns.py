@@ -23,6 +23,8 @@ import contextlib
 import ctypes
 import hashlib
 import os
+import socket
+import struct
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -186,6 +188,11 @@ class Builder:
         with kernel_feature("bridge", "CONFIG_BRIDGE"):
             ipr.link("add", ifname=name, kind="bridge")
         idx = ipr.link_lookup(ifname=name)[0]
+        # A bridge whose MAC was never set takes the lowest MAC of its ports, so a pod coming or
+        # going could change it and leave the other pods' ARP entry for their gateway wrong for
+        # half a minute.  Setting it (to what it is) makes it stay.
+        mac = ipr.get_links(idx)[0].get_attr("IFLA_ADDRESS")
+        ipr.link("set", index=idx, address=mac)
         if address:
             ip, plen = address.split("/")
             ipr.addr("add", index=idx, address=ip, prefixlen=int(plen))
@@ -193,11 +200,12 @@ class Builder:
         return idx
 
     def attach(self, bridge_ns: str, bridge_idx: int, port_name: str, inner_ns: str, address: str,
-               gateway: str | None, hairpin: bool = False) -> None:
-        """veth from a bridge in `bridge_ns` to eth0 in `inner_ns`, addressed and routed."""
+               gateway: str | None, hairpin: bool = False, mac: str | None = None) -> str:
+        """veth from a bridge in `bridge_ns` to eth0 in `inner_ns`, addressed and routed; eth0's MAC."""
         ipr = self.ipr(bridge_ns)
+        peer = {"ifname": "eth0", "net_ns_fd": inner_ns, **({"address": mac} if mac else {})}
         with kernel_feature("veth", "CONFIG_VETH"):
-            ipr.link("add", ifname=port_name, kind="veth", peer={"ifname": "eth0", "net_ns_fd": inner_ns})
+            ipr.link("add", ifname=port_name, kind="veth", peer=peer)
         idx = ipr.link_lookup(ifname=port_name)[0]
         ipr.link("set", index=idx, master=bridge_idx, state="up")
         if hairpin:
@@ -209,6 +217,7 @@ class Builder:
         inner.link("set", index=eth0, state="up")
         if gateway:
             inner.route("add", dst="0.0.0.0/0", gateway=gateway)
+        return str(inner.get_links(eth0)[0].get_attr("IFLA_ADDRESS"))
 
     def route(self, netns: str, dst: str, gateway: str) -> None:
         self.ipr(netns).route("add", dst=dst, gateway=gateway)
@@ -230,6 +239,16 @@ def kernel_feature(kind: str, option: str) -> Iterator[None]:
             raise EnvironmentProblem(f"this kernel cannot create {kind} interfaces: load the module "
                                      f"(modprobe {kind}) or use a kernel built with {option}") from None
         raise LabError(f"the kernel refused to create a {kind} interface: {e}") from None
+
+
+def announce(netns: str, ip: str, ifname: str = "eth0") -> None:
+    """A gratuitous ARP for `ip` from `ifname`: neighbours that knew the address with another MAC
+    (a pod rebuilt with its old address) learn the new one now, not when their entry expires."""
+    with entered(netns), socket.socket(socket.AF_PACKET, socket.SOCK_RAW) as s:
+        s.bind((ifname, 0))
+        mac, addr = s.getsockname()[4], socket.inet_aton(ip)
+        s.send(b"\xff" * 6 + mac + b"\x08\x06" + struct.pack("!HHBBH", 1, 0x0800, 6, 4, 1)
+               + mac + addr + b"\x00" * 6 + addr)
 
 
 def remove_netns(name: str) -> None:

@@ -153,16 +153,6 @@ def stop_pid(pid: int, marker: str, wait: float = 3.0) -> None:
     _reap(pid, wait=2.0)
 
 
-def spawn_detached(argv: list[str], log: Path) -> int:
-    """Start a lab process in its own session, output to `log`; the caller records its pid."""
-    flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND
-    return os.posix_spawn(argv[0], argv, dict(os.environ), setsid=True, file_actions=[
-        (os.POSIX_SPAWN_OPEN, 0, "/dev/null", os.O_RDONLY, 0),
-        (os.POSIX_SPAWN_OPEN, 1, str(log), flags, 0o644),
-        (os.POSIX_SPAWN_DUP2, 1, 2),
-    ])
-
-
 def stop_recorded_processes(root: Path) -> None:
     """Stop every process recorded as <root>/**/*.pid whose command line mentions kplab."""
     for pidfile in sorted(root.rglob("*.pid")) if root.is_dir() else []:
@@ -172,3 +162,13 @@ def stop_recorded_processes(root: Path) -> None:
             continue
         stop_pid(pid, "kplab")
         pidfile.unlink(missing_ok=True)
+
+
+def spawn_detached(argv: list[str], log: Path) -> int:
+    """Start a lab process in its own session, output to `log`; the caller records its pid."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND
+    return os.posix_spawn(argv[0], argv, dict(os.environ), setsid=True, file_actions=[
+        (os.POSIX_SPAWN_OPEN, 0, "/dev/null", os.O_RDONLY, 0),
+        (os.POSIX_SPAWN_OPEN, 1, str(log), flags, 0o644),
+        (os.POSIX_SPAWN_DUP2, 1, 2),
+    ])

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -14,30 +13,10 @@ import pytest
 from kplab import Lab, LabError, ManifestError, clean
 from kplab.cluster.netns import lab_namespaces
 from kplab.cluster.store import STATE_ROOT
+from kplab.testing.host import assert_same, host_snapshot
 
 pytestmark = [pytest.mark.root]
 KPLAB = [sys.executable, "-m", "kplab.cli"]
-
-
-def host_snapshot() -> dict[str, str]:
-    """What the host's root namespace shows: links, addresses, routes, rules, named netns."""
-    def out(*argv: str) -> str:
-        return subprocess.run(argv, capture_output=True, text=True).stdout
-
-    return {
-        "links": out("ip", "-o", "link", "show"),
-        "addrs": out("ip", "-o", "addr", "show"),
-        "routes": out("ip", "route", "show", "table", "all"),
-        "iptables": "\n".join(l for l in out("iptables-save").splitlines() if not l.startswith("#")),
-        "ip6tables": "\n".join(l for l in out("ip6tables-save").splitlines() if not l.startswith("#")),
-        "nft": out("nft", "list", "ruleset"),
-        "netns": "\n".join(sorted(os.listdir("/run/netns"))) if os.path.isdir("/run/netns") else "",
-    }
-
-
-def assert_same(before: dict[str, str], after: dict[str, str]) -> None:
-    changed = [k for k in before if before[k] != after[k]]
-    assert not changed, f"the host's root namespace changed: {changed}"
 
 
 def test_topology_and_echo(lab_factory):

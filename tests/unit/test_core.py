@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 import kplab
-from kplab.cluster import controller, manifests
+from kplab.cluster import controller, deployments, manifests
 from kplab.errors import ManifestError
 from kplab.proxy import naming
 from kplab.proxy.core import Endpoint, ServicePort, ServicePortName, build_state, categorize_endpoints
@@ -97,7 +97,9 @@ def test_controllers_make_pods_and_slices_with_named_ports():
                "metadata": {"labels": {"app": "web"}},
                "spec": {"containers": [{"name": "c", "ports": [{"name": "http", "containerPort": 8080}]}]}}}}
     objects = {"Deployment": {"default/web": dep}, "Service": {"default/web": SERVICE}}
-    controller.reconcile_pods(objects, ["node-1", "node-2"], {"node-1": "10.244.1.0/24", "node-2": "10.244.2.0/24"})
+    deployments.reconcile(objects, now=0.0)
+    controller.place_and_address(objects["Pod"], ["node-1", "node-2"], {"node-1": "10.244.1.0/24",
+                                                                        "node-2": "10.244.2.0/24"})
     pods = objects["Pod"]
     assert len(pods) == 3 and {p["spec"]["nodeName"] for p in pods.values()} == {"node-1", "node-2"}
     first = next(iter(pods.values()))

@@ -1,0 +1,207 @@
+"""kubectl's verbs on a lab (mixed into kplab.lab.Lab): apply, delete, scale, label, annotate,
+run, expose, rollout restart/status.
+
+Each is one mutation: lock and reload the lab, change the stored objects the way the API server
+would (kplab.cluster.apiserver, .edits), converge the kernel to them (kplab.cluster.converge),
+save.  Each returns kubectl's line (`deployment.apps/web configured`, `pod "x" deleted`), and a
+missing object raises apiserver.NotFound with kubectl's message.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from kplab.cluster import apiserver, deployments, edits, manifests
+from kplab.cluster.apiserver import NotFound, not_found, resource
+from kplab.cluster.offloop import off_loop
+from kplab.errors import LabError
+
+Source = str | Path | dict[str, Any]
+
+
+class KubectlVerbs:
+    """The verbs; `notes` holds what the last apply did more laxly than an API server would."""
+
+    data: dict[str, Any]
+    notes: tuple[str, ...] = ()
+    if TYPE_CHECKING:  # provided by Lab
+
+        def _mutate(self) -> Any: ...
+        def _converge(self, starting: bool = False) -> None: ...
+        def _load(self) -> dict[str, Any]: ...
+
+    def _object(self, kind: str, name: str, namespace: str = "default") -> dict[str, Any]:
+        found = (self.data or self._load())["objects"].get(kind, {}).get(f"{namespace}/{name}")
+        if found is None:
+            raise NotFound([not_found(kind, name)])
+        return found  # type: ignore[no-any-return]
+
+    def _check_pins(self, docs: list[manifests.Doc]) -> None:
+        for d in docs:
+            if d.kind == "Pod" and (d.body.get("spec") or {}).get("nodeName") not in (
+                None,
+                *self.data["nodes"],
+            ):
+                raise d.error(
+                    f"node {d.body['spec']['nodeName']!r} does not exist in this lab "
+                    f"({', '.join(self.data['nodes'])})",
+                    "spec.nodeName",
+                )
+
+    def _store(self, sources: list[Source], create_only: bool = False) -> list[str]:
+        """Admit (all or nothing), store, converge; kubectl's line per object."""
+        docs = manifests.admit_all(manifests.Network(**self.data["network"]), self.data["objects"], sources)
+        self._check_pins(docs)
+        lines, notes, now = [], [], time.time()
+        for d in docs:
+            if create_only and d.key in self.data["objects"].get(d.kind, {}):
+                plural = apiserver.RESOURCES[d.kind][0]
+                raise LabError(f'{plural} "{d.body["metadata"]["name"]}" already exists')
+            verb, note = apiserver.store(self.data["objects"], d.kind, d.key, d.body, now)
+            lines.append(f"{resource(d.kind)}/{d.body['metadata']['name']} {verb}")
+            notes += [note] if note else []
+        self._converge()
+        self.notes = tuple(notes)
+        return lines
+
+    @off_loop
+    def apply(self, *sources: Source) -> list[str]:
+        """kubectl apply: admit, store, converge; `deployment.apps/web configured` per object."""
+        with self._mutate():
+            return self._store(list(sources))
+
+    @off_loop
+    def delete(self, *sources: Source, ignore_not_found: bool = False) -> list[str]:
+        """kubectl delete -f: what exists goes at once (pods' namespaces too); the rest is NotFound."""
+        targets = [(d.kind, d.key, d.source) for d in manifests.load(sources)]
+        return self._delete(targets, ignore_not_found)
+
+    @off_loop
+    def delete_objects(
+        self, kind: str, names: list[str], namespace: str = "default", ignore_not_found: bool = False
+    ) -> list[str]:
+        """kubectl delete KIND NAME...: KIND is Pod, Service, Deployment or EndpointSlice."""
+        return self._delete([(kind, f"{namespace}/{n}", "") for n in names], ignore_not_found)
+
+    def _delete(self, targets: list[tuple[str, str, str]], ignore_not_found: bool) -> list[str]:
+        done, missing = [], []
+        with self._mutate():
+            for kind, key, source in targets:
+                name = key.split("/", 1)[1]
+                if self.data["objects"].get(kind, {}).pop(key, None) is not None:
+                    done.append(f'{resource(kind)} "{name}" deleted')
+                elif not ignore_not_found:
+                    where = f'error when deleting "{source}": ' if source and source != "<inline>" else ""
+                    missing.append(where + not_found(kind, name))
+            if done:
+                self._converge()
+        if missing:
+            raise NotFound(missing, done)
+        return done
+
+    @off_loop
+    def scale(self, deployment: str, replicas: int, namespace: str = "default") -> str:
+        """kubectl scale: the Deployment's pods come (or go at once); slices and rules follow."""
+        if not 0 <= replicas <= 200:
+            raise LabError(f"--replicas {replicas}: a lab allows 0 to 200")
+        with self._mutate():
+            self._object("Deployment", deployment, namespace)["spec"]["replicas"] = replicas
+            self._converge()
+        return f"deployment.apps/{deployment} scaled"
+
+    @off_loop
+    def label(
+        self,
+        kind: str,
+        name: str,
+        changes: dict[str, str | None],
+        overwrite: bool = False,
+        namespace: str = "default",
+        annotate: bool = False,
+    ) -> str:
+        """kubectl label/annotate (value None removes the key): a pod moves in or out of Services at once."""
+        with self._mutate():
+            obj = self._object(kind, name, namespace)
+            changed = edits.change_metadata(obj, "annotations" if annotate else "labels", changes, overwrite)
+            if changed:
+                self._converge()
+        what = f"{resource(kind)}/{name}"
+        if annotate:
+            return f"{what} annotated"
+        if not changed:
+            return f"{what} not labeled"
+        return f"{what} {'unlabeled' if all(v is None for v in changes.values()) else 'labeled'}"
+
+    @off_loop
+    def run(
+        self,
+        name: str,
+        port: int | None = None,
+        labels: dict[str, str | None] | None = None,
+        namespace: str = "default",
+        image: str = edits.ECHO_IMAGE,
+    ) -> str:
+        """kubectl run NAME --port P: one Pod running the echo workload on that port."""
+        body = edits.run_pod(name, port, labels, image)
+        body["metadata"]["namespace"] = namespace
+        with self._mutate():
+            self._store([body], create_only=True)
+        return f"pod/{name} created"
+
+    @off_loop
+    def expose(
+        self,
+        kind: str,
+        name: str,
+        port: int | None = None,
+        target_port: str | None = None,
+        type: str | None = None,
+        service_name: str | None = None,
+        protocol: str = "TCP",
+        namespace: str = "default",
+    ) -> str:
+        """kubectl expose deployment|pod|service NAME: a Service selecting the same pods."""
+        with self._mutate():
+            body = edits.expose(
+                kind, self._object(kind, name, namespace), port, target_port, type, service_name, protocol
+            )
+            self._store([body], create_only=True)
+        return f"service/{body['metadata']['name']} exposed"
+
+    @off_loop
+    def rollout_restart(self, deployment: str, namespace: str = "default") -> str:
+        """New pods come up; the old ones go through terminating (endpoints marked so), then away."""
+        with self._mutate():
+            deployments.restart(self._object("Deployment", deployment, namespace), time.time())
+            self._converge()
+        return f"deployment.apps/{deployment} restarted"
+
+    def get(
+        self,
+        kind: str,
+        *names: str,
+        selector: str | None = None,
+        output: str | None = None,
+        namespace: str | None = None,
+    ) -> Any:
+        """kubectl get, for a notebook: the table as text (print it), or the data with output="json"."""
+        from kplab.cluster.kubeviews import get
+
+        data, text, missing = get(self, [kind, *names], selector, output, namespace)
+        if missing:
+            raise NotFound(missing)
+        return data if output in ("json", "yaml") else text
+
+    def describe(self, kind: str, *names: str, namespace: str | None = None) -> str:
+        """kubectl describe, for a notebook (print it); a Service's shows every node's rules for it."""
+        from kplab.cluster.describe import describe
+
+        return describe(self, kind, list(names), namespace)
+
+    def rollout_status(self, deployment: str, namespace: str = "default") -> tuple[bool, str]:
+        """(done, kubectl's line) as the Deployment is now; `kplab rollout status` waits on it."""
+        self._load()
+        self._object("Deployment", deployment, namespace)
+        return deployments.rollout_status(self.data["objects"], f"{namespace}/{deployment}")
