@@ -7,12 +7,15 @@
     lab.down()
 """
 
+import sys
 import typing
 
 from kplab.errors import (
     CheckError,
+    CommandError,
     EnvironmentProblem,
     KplabError,
+    KplabWarning,
     LabError,
     ManifestError,
     ProxierError,
@@ -27,9 +30,11 @@ _LAZY = ("CurlResult", "Lab", "clean")  # from kplab.lab, imported on first use:
 
 __all__ = [
     "CheckError",
+    "CommandError",
     "CurlResult",
     "EnvironmentProblem",
     "KplabError",
+    "KplabWarning",
     "Lab",
     "LabError",
     "ManifestError",
@@ -37,6 +42,10 @@ __all__ = [
     "__version__",
     "clean",
 ]
+
+
+if "IPython" in sys.modules:  # in a notebook: one-line errors, the CLI's warnings, resume() (kplab.notebook)
+    from kplab import notebook as _notebook  # noqa: F401
 
 
 def __getattr__(name: str) -> typing.Any:

@@ -10,6 +10,14 @@ import pytest
 SHARED = Path(__file__).resolve().parents[2] / "shared"  # ../shared beside the checkout
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Progress records of checks run by tests go to a folder of the run, never into the checkout's labs/."""
+    if "KPLAB_WORK" not in os.environ:
+        import tempfile
+
+        os.environ["KPLAB_WORK"] = tempfile.mkdtemp(prefix="kplab-test-work-")
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if os.geteuid() == 0:
         return

@@ -2,7 +2,7 @@
 
 import re
 
-from kplab.grading.probes import answers, ready_endpoints
+from kplab.grading.probes import answers, first_answers, ready_endpoints, service_of
 
 
 def chain(node, suffix: str) -> str:
@@ -26,8 +26,12 @@ def test_five_way_numgen(lab, ns):
     assert text, "node-1 has no service chain for default/web/tcp/http"
     assert "numgen random mod 5" in text, "web's service chain does not choose among 5 endpoints"
     want = set(ready_endpoints(lab, "web"))
+    assert len(want) == 5, f"web has {len(want)} ready endpoints, not 5"
+    first_answers(lab, "client", "web:80", n=2)
     res = answers(lab, "client", "web:80", n=60)
-    assert res.ok == 60 and want <= set(res.backends), f"60 requests reached only {sorted(res.backends)}"
+    assert res.ok == 60, f"{res.failed} of 60 requests to web:80 failed"
+    if service_of(lab, "web").spec.session_affinity != "ClientIP":  # with affinity one client sees one pod
+        assert want <= set(res.backends), f"60 requests reached only {sorted(res.backends)}"
 
 
 def test_one_more_element(lab, ns):
@@ -43,5 +47,6 @@ def test_one_more_element(lab, ns):
     assert f"{lab.service_ip('api')} . tcp . 80" in elements, "service-ips on node-1 has no element for api"
     rules = [ln for ln in chain(node, "services").splitlines() if "vmap" in ln]
     assert len(rules) == 2, f"the services chain should still dispatch with 2 map lookups, it has {len(rules)}"
+    first_answers(lab, "client", "api:80", n=2)
     res = answers(lab, "client", "api:80", n=20)
     assert res.ok == 20 and len(res.backends) == 2, f"api answered {res.ok} of 20, from {sorted(res.backends)}"

@@ -1,6 +1,6 @@
 """07 · traffic policies and source IPs, observed from the pods' side."""
 
-from kplab.grading.probes import answers, node_of
+from kplab.grading.probes import answers, first_answers, node_of
 
 
 def test_source_ip_kept(lab):
@@ -11,6 +11,7 @@ def test_source_ip_kept(lab):
     (labs/manifests/web-external-local.yaml).
     """
     outside_ip = lab.exec("outside", ["ip", "-4", "-o", "addr", "show", "dev", "eth0"]).stdout.split()[3].split("/")[0]
+    first_answers(lab, "outside", "node-1:web:http", n=2)
     res = answers(lab, "outside", "node-1:web:http", n=20)
     assert res.ok == 20, f"{res.failed} of 20 requests to node-1's NodePort failed"
     seen = {a["client_ip"] for a in res.answers}
@@ -23,6 +24,7 @@ def test_stay_on_node(lab):
     Hint: `internalTrafficPolicy: Local` keeps in-cluster traffic on the sender's node
     (labs/manifests/web-internal-local.yaml).
     """
+    first_answers(lab, "client", "web:80", n=2)
     res = answers(lab, "client", "web:80", n=20)
     assert res.ok == 20, f"{res.failed} of 20 requests failed"
     nodes = {pod: node_of(lab, pod) for pod in res.backends}

@@ -4,7 +4,7 @@
     compare.markdown(compare.table())     # the same, in notebook 06
 
 Rows (the seed's): Speed, Scalability, Load Balancing, Kernel-Level Processing, Best For;
-columns: the four modes.  Every number comes from a result file with its baseline from the
+columns: the four modes and the eBPF replacement (no kube-proxy).  Every number comes from a result file with its baseline from the
 same run: Speed from `throughput` (req/s and new-connection p50 against the pod IPs),
 Scalability from `latency` (connect p50 to the last Service against the pod IP with no
 Services) and `sync-<mode>` (full and add-one sync against the raw loader), Load Balancing
@@ -20,8 +20,9 @@ from typing import Any
 from kplab.bench import report
 from kplab.bench.plot import rows_by_mode
 
-MODES = ("userspace", "iptables", "ipvs", "nftables")
-HEADERS = {"userspace": "Userspace", "iptables": "iptables (default)", "ipvs": "IPVS", "nftables": "nftables"}
+MODES = ("userspace", "iptables", "ipvs", "nftables", "ebpf")
+HEADERS = {"userspace": "Userspace", "iptables": "iptables (default)", "ipvs": "IPVS", "nftables": "nftables",
+           "ebpf": "eBPF (no kube-proxy)"}
 SIZES = (1000, 5000, 10000)
 THROUGHPUT_LOAD = "connect x16"
 
@@ -30,18 +31,21 @@ ALGORITHM = {
     "iptables": "random: a cascade of `statistic --probability 1/n` rules",
     "ipvs": "a scheduler per Service: rr (default), wrr, lc, sh, mh...",
     "nftables": "random: `numgen random mod n` into a verdict map",
+    "ebpf": "random: slot = random % count + 1 in a BPF hash map (Cilium's default; Maglev left out)",
 }
 KERNEL = {
     "userspace": "only the REDIRECT; every byte crosses a user process (two TCP connections)",
     "iptables": "all of it: nat rules walked per new connection, then conntrack",
     "ipvs": "all of it: an IPVS hash lookup, plus iptables/ipset for masquerade and filtering",
     "nftables": "all of it: verdict-map lookups in one nf_tables table, then conntrack",
+    "ebpf": "all of it, no netfilter: a map lookup at connect() (socket LB) or per packet at tc",
 }
 BEST_FOR = {
     "userspace": "learning what a proxy does; removed upstream in 1.26",
     "iptables": "the default; small and medium clusters (first-packet cost grows with Services)",
     "ipvs": "large clusters before nftables existed; deprecated upstream since 1.35",
     "nftables": "large clusters: flat lookup, small partial syncs; GA since 1.33",
+    "ebpf": "clusters running Cilium or Calico eBPF instead of kube-proxy (not a kube-proxy mode)",
 }
 
 

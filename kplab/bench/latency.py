@@ -119,9 +119,11 @@ def first_last(netns: str, mode: str, n: int, taken: frozenset[str]) -> tuple[st
     return ips[0], ips[-1], "lowest/highest bench Service: a hash lookup, any two are equivalent"
 
 
-def sample(targets: list[tuple[str, str, str, int]], samples: int, warmup: int, deadline: float) -> dict[str, Any]:
-    """Run the probe: targets are (label, client netns, ip, port), interleaved."""
-    spec = {"targets": targets, "samples": samples, "warmup": warmup, "timeout": 2.0, "deadline": deadline}
+def sample(targets: list[tuple[str, str, str, int]], samples: int, warmup: int, deadline: float,
+           cgroup: str | None = None) -> dict[str, Any]:
+    """Run the probe: targets are (label, client netns, ip, port), interleaved; inside `cgroup` if given."""
+    spec = {"targets": targets, "samples": samples, "warmup": warmup, "timeout": 2.0, "deadline": deadline,
+            "cgroup": cgroup}
     res = run([sys.executable, PROBE, json.dumps(spec)], timeout=deadline + 60)
     return dict(json.loads(res.stdout))
 
@@ -137,7 +139,7 @@ def _fill(row: dict[str, Any], label: str, got: dict[str, Any]) -> None:
 
 
 def measure_targets(targets: list[tuple[str, str, str, int]], samples: int, warmup: int, rounds: int,
-                    deadline: float) -> dict[str, Any]:
+                    deadline: float, cgroup: str | None = None) -> dict[str, Any]:
     """Percentiles over all samples; each ratio to the baseline is the median of per-round ratios.
 
     A round is one probe run over every target; taking the ratio within a round and then the
@@ -146,7 +148,7 @@ def measure_targets(targets: list[tuple[str, str, str, int]], samples: int, warm
     pooled: dict[str, dict[str, Any]] = {}
     ratios: dict[str, list[float]] = {}
     for _ in range(rounds):
-        got = sample(targets, max(1, samples // rounds), warmup, deadline / rounds)
+        got = sample(targets, max(1, samples // rounds), warmup, deadline / rounds, cgroup)
         base = report.percentile(got["base"]["connect_us"], 50)
         for label, *_ in targets:
             acc = pooled.setdefault(label, {"connect_us": [], "rtt_us": [], "failed": 0})
@@ -191,7 +193,7 @@ def measure_mode(mode: str, sizes: list[int], *, samples: int, warmup: int, roun
                 first, last, row["pick"] = first_last(lab.netns(node), mode, n, taken)
                 row.update(first_ip=first, last_ip=last)
                 targets = [("first", client, first, workload.PORT), ("last", client, last, workload.PORT), *targets]
-            row.update(measure_targets(targets, samples, warmup, rounds, deadline))
+            row.update(measure_targets(targets, samples, warmup, rounds, deadline, lab.client_cgroup("client")))
             row["loadavg"] = report.loadavg()
             rows.append(row)
             if bar is not None:

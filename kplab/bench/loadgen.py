@@ -11,13 +11,14 @@ connections are closed with a RST, see LINGER_RST):
 
 Bounded by the request count and by DEADLINE seconds, whichever comes first.  Only the
 standard library is imported.  Spec: {"targets": [[ip, port], ...], "load": "connect" |
-"keepalive", "n": N, "concurrency": C, "timeout": s}; prints {"seconds", "latencies", "failed"}.
+"keepalive", "n": N, "concurrency": C, "timeout": s, "cgroup": dir to run in}; prints {"seconds", "latencies", "failed"}.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
 import socket
 import struct
 import sys
@@ -99,6 +100,9 @@ async def keepalive_load(targets: list[tuple[str, int]], n: int, timeout: float)
 
 
 def main(spec: dict[str, Any]) -> dict[str, Any]:
+    if spec.get("cgroup"):  # the eBPF mode's socket hooks see the processes of the node's cgroup only
+        with open(spec["cgroup"] + "/cgroup.procs", "w") as f:
+            f.write(str(os.getpid()))
     targets = [(ip, int(port)) for ip, port in spec["targets"]]
     if spec["load"] == "keepalive":
         return asyncio.run(keepalive_load(targets, spec["n"], spec["timeout"]))

@@ -17,7 +17,7 @@ with one thread, nothing competes for the GIL between connect() returning and th
 read.  Only the standard library is imported.
 
 Spec: {"targets": [[label, netns, ip, port], ...], "samples": S, "warmup": W, "timeout": s,
-"deadline": s, "interval": s}
+"deadline": s, "interval": s, "cgroup": path (a cgroup v2 directory to run in first)}
 Output (stdout, JSON): {label: {"connect_us": [...], "rtt_us": [...], "failed": n, "errors": {...}}}
 """
 
@@ -67,6 +67,9 @@ def connect_once(s: socket.socket, ip: str, port: int, timeout: float) -> tuple[
 
 
 def sample(spec: dict[str, Any]) -> dict[str, Any]:
+    if spec.get("cgroup"):  # the eBPF mode's socket hooks see the processes of the node's cgroup only
+        with open(os.path.join(spec["cgroup"], "cgroup.procs"), "w") as f:
+            f.write(str(os.getpid()))
     targets = [(str(label), str(ns), str(ip), int(port)) for label, ns, ip, port in spec["targets"]]
     out: dict[str, Any] = {t[0]: {"connect_us": [], "rtt_us": [], "failed": 0, "errors": {}} for t in targets}
     end = time.monotonic() + float(spec.get("deadline", 60))

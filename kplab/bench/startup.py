@@ -24,6 +24,7 @@ from typing import Any
 
 from kplab.bench import report
 from kplab.bench.report import Column
+from kplab.cluster.run import NETNS_DIR
 from kplab.errors import KplabError
 
 KPLAB = [sys.executable, "-m", "kplab.cli"]
@@ -96,7 +97,7 @@ def ip_script(n_nodes: int, pods: list[tuple[str, int]]) -> str:
 
 
 def remove_baseline() -> None:
-    for n in sorted(os.listdir("/run/netns")) if os.path.isdir("/run/netns") else []:
+    for n in sorted(os.listdir(NETNS_DIR)) if os.path.isdir(NETNS_DIR) else []:
         if n.startswith(BASE + "-"):
             subprocess.run(["ip", "netns", "del", n], check=False)
 

@@ -32,6 +32,7 @@ from typing import Any
 
 from kplab.bench import report
 from kplab.bench.report import Column
+from kplab.cluster.run import NETNS_DIR, netns_argv
 from kplab.errors import EnvironmentProblem, KplabError, LabError
 from kplab.proxy.base import NodeContext, proxier_class
 from kplab.proxy.core import Endpoint, ProxyState, ServicePort, ServicePortName
@@ -57,19 +58,19 @@ COLUMNS = [
 
 def prepare_iptables(text: str, netns: str, options: dict[str, str]) -> None:
     """Untimed: what the input relies on that kplab set up on its node (the nfacct counters)."""
-    from kplab.proxy.iptables_rules import NFACCT_INVALID, NFACCT_LOCALHOST_NP
+    from kplab.proxy.iptables.rules import NFACCT_INVALID, NFACCT_LOCALHOST_NP
 
     for name in (NFACCT_INVALID, NFACCT_LOCALHOST_NP):
         if name in text:
-            subprocess.run(["nsenter", f"--net=/run/netns/{netns}", "--", "nfacct", "add", name], check=False)
+            subprocess.run(netns_argv(netns, ["nfacct", "add", name]), check=False)
 
 
 def load_iptables(text: str, netns: str, options: dict[str, str]) -> None:
-    from kplab.proxy.iptables import TOOLS, detect_backend
+    from kplab.proxy.iptables.proxier import TOOLS, detect_backend
 
     restore = TOOLS[detect_backend(options.get("iptables_backend"))][2]
-    ns = ["nsenter", f"--net=/run/netns/{netns}", "--"]
-    subprocess.run([*ns, restore, "-w", "5", "--noflush", "--counters"], input=text, text=True, check=True)
+    argv = netns_argv(netns, [restore, "-w", "5", "--noflush", "--counters"])
+    subprocess.run(argv, input=text, text=True, check=True)
 
 
 def prepare_nothing(text: str, netns: str, options: dict[str, str]) -> None:
@@ -77,12 +78,12 @@ def prepare_nothing(text: str, netns: str, options: dict[str, str]) -> None:
 
 
 def load_nftables(text: str, netns: str, options: dict[str, str]) -> None:
-    subprocess.run(["nsenter", f"--net=/run/netns/{netns}", "--", "nft", "-f", "-"], input=text, text=True, check=True)
+    subprocess.run(netns_argv(netns, ["nft", "-f", "-"]), input=text, text=True, check=True)
 
 
 def prepare_ipvs(text: str, netns: str, options: dict[str, str]) -> None:
     """Untimed: the kube-ipvs0 dummy kplab's IPVS mode creates on its node (the addresses go on it)."""
-    subprocess.run(["nsenter", f"--net=/run/netns/{netns}", "--", "ip", "link", "add", "kube-ipvs0", "type", "dummy"],
+    subprocess.run(netns_argv(netns, ["ip", "link", "add", "kube-ipvs0", "type", "dummy"]),
                    check=True)  # fmt: skip
 
 
@@ -92,7 +93,7 @@ def load_sections(text: str, netns: str, options: dict[str, str]) -> None:
     for block in text.split("### ")[1:]:
         tool, _, body = block.partition("\n")
         if body.strip():
-            argv = ["nsenter", f"--net=/run/netns/{netns}", "--", *tool.split()]
+            argv = netns_argv(netns, tool.split())
             subprocess.run(argv, input=body, text=True, check=True, capture_output=True)
 
 
@@ -128,11 +129,11 @@ def add_service(state: ProxyState, i: int, endpoints: int) -> None:
 
 
 def netns_add(name: str) -> None:
-    if os.path.exists(f"/run/netns/{name}"):
+    if os.path.exists(f"{NETNS_DIR}/{name}"):
         raise LabError(f"namespace {name} exists: another sync benchmark runs under that name (try --name), "
                        f"or a crashed one left it (`ip netns del {name}`)")
     subprocess.run(["ip", "netns", "add", name], check=True)
-    subprocess.run(["nsenter", f"--net=/run/netns/{name}", "ip", "link", "set", "lo", "up"], check=True)
+    subprocess.run(netns_argv(name, ["ip", "link", "set", "lo", "up"]), check=True)
 
 
 def netns_del(name: str) -> None:
@@ -140,8 +141,15 @@ def netns_del(name: str) -> None:
 
 
 def timed(fn: Callable[[], object]) -> float:
+    """Seconds `fn` took; a plain loader that failed is one line, not a traceback."""
     t = time.perf_counter()
-    fn()
+    try:
+        fn()
+    except subprocess.CalledProcessError as e:
+        tool = e.cmd[e.cmd.index("--") + 1] if "--" in e.cmd[:-1] else e.cmd[0]  # past nsenter's argv
+        lock = "; another program may have held /run/xtables.lock" if "iptables" in tool else ""
+        raise KplabError(f"the plain loader {tool} failed (exit {e.returncode}; its message is above){lock}: "
+                         "run the benchmark alone") from None
     return time.perf_counter() - t
 
 
@@ -240,7 +248,7 @@ def run_sync(mode: str = "iptables", sizes: Sequence[int] | str = (1000, 5000, 1
                     bar.advance(task)
                 result["rows"].append({"mode": mode, **median_of(got), "loadavg": report.loadavg()})
     finally:
-        if not any(n.startswith(f"kplab-{lab}-") for n in os.listdir("/run/netns")):
+        if not any(n.startswith(f"kplab-{lab}-") for n in os.listdir(NETNS_DIR)):
             shutil.rmtree(store.dir, ignore_errors=True)
     result["notes"].append("seconds; raw = the plain tool loading exactly the input kplab loaded, same run; "
                            "medians over rounds, ratios paired per round")

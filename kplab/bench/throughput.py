@@ -63,10 +63,11 @@ SPREAD_COLUMNS = [
 ]
 
 
-def measure(netns: str, targets: list[tuple[str, int]], load: str, n: int, conc: int) -> dict[str, Any]:
+def measure(netns: str, targets: list[tuple[str, int]], load: str, n: int, conc: int,
+            cgroup: str | None = None) -> dict[str, Any]:
     from kplab.cluster.run import netns_argv
 
-    spec = {"targets": targets, "load": load, "n": n, "concurrency": conc, "timeout": 2.0}
+    spec = {"targets": targets, "load": load, "n": n, "concurrency": conc, "timeout": 2.0, "cgroup": cgroup}
     argv = netns_argv(netns, [sys.executable, LOADGEN, json.dumps(spec)])
     cp = subprocess.run(argv, capture_output=True, text=True, timeout=DEADLINE + 30, check=True)
     raw = json.loads(cp.stdout)
@@ -91,7 +92,7 @@ def run_round(lab: Any, modes: Sequence[str], loads: list[tuple[str, int, int]],
             lab.set_mode(mode)
         for target, addrs in ((mode, svc), ("pod IPs", pod_targets)):
             for name, n, conc in loads:
-                r = measure(netns, addrs, name.split()[0], n, conc)
+                r = measure(netns, addrs, name.split()[0], n, conc, lab.client_cgroup("client"))
                 r.update(target=target, load=name, round=rnd, mode=mode)
                 rows.append(r)
                 if bar is not None:

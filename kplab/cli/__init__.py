@@ -8,6 +8,7 @@ $KPLAB_LAB, default `default`.  Commands live in one module per concern; each mo
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import os
@@ -15,6 +16,8 @@ import sys
 from typing import Any
 
 import typer
+
+from kplab.cluster.store import current_lab
 
 CLI_MODULES = ["kplab.cli.core", "kplab.cli.kubectl", "kplab.cli.packets", "kplab.cli.course", "kplab.cli.bench"]
 
@@ -26,14 +29,26 @@ app = typer.Typer(
 )
 
 
-def current_lab() -> str:
-    return os.environ.get("KPLAB_LAB", "default")
-
-
 def attach() -> Any:
     from kplab.lab import Lab
 
     return Lab.attach(current_lab())
+
+
+NO_SYNC = typer.Option(False, "--no-sync",
+                       help="leave the nodes' rules as they are: see `kplab diff NODE`, then `kplab sync`")
+
+
+def holding(lab: Any, no_sync: bool) -> Any:
+    """`lab.no_sync()` when asked (--no-sync), else nothing."""
+    return lab.no_sync() if no_sync else contextlib.nullcontext()
+
+
+def check_output(value: str | None) -> str | None:
+    """-o of the commands that print data: json or yaml, else text (checked before anything runs)."""
+    if value not in (None, "json", "yaml"):
+        raise typer.BadParameter(f'output format "{value}": use json or yaml (text without -o)')
+    return value
 
 
 def emit(data: Any, output: str | None, text: str | None = None) -> None:
@@ -80,8 +95,11 @@ def _register() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from kplab.errors import KplabError
+    import warnings
 
+    from kplab.errors import KplabError, KplabWarning
+
+    warnings.filterwarnings("ignore", category=KplabWarning)  # the commands print them as `warning: ...`
     args = _lift_lab_option(list(sys.argv[1:] if argv is None else argv))
     _register()
     try:

@@ -1,8 +1,9 @@
 """The course's commands: check, grade (and grade collect), reset, and lab (JupyterLab on labs/).
 
     kplab check 03-iptables            # the notebook's checks against the current lab
-    kplab grade -o junit --out me.xml  # every check, as a report for an instructor
-    kplab grade collect reports/ --out gradebook.csv
+    kplab progress                     # the checks you passed so far (your progress record)
+    kplab grade --work labs --learner ada --out ada.json   # replay ada's notebooks into a report
+    kplab grade collect reports/ --out gradebook.csv       # a class: rows, pass rates, a chart
     kplab reset 03-iptables            # the lab as that notebook starts (notebooks untouched)
     kplab lab                          # the default lab up, JupyterLab on 127.0.0.1 with a token
 """
@@ -29,13 +30,13 @@ OUT = typer.Option("-o", "--output", help="json (default: a table)")
 
 
 def _table(results: list[CheckResult]) -> str:
-    words = {"passed": "PASS", "failed": "FAIL", "error": "ERROR", "skipped": "SKIP"}
+    words = {"passed": "PASS", "failed": "FAIL", "error": "ERROR", "not-applicable": "N/A"}
     lines = []
     for r in results:
         lines.append(f"{words[r.outcome]:5} {r.id:34} {r.title}")
         if not r.passed and r.message:
             lines.append(f"      {r.message}")
-        if not r.passed and r.hint and r.outcome != "skipped":
+        if not r.passed and r.hint and r.applicable:
             lines.append(f"      hint: {r.hint}")
     passed = sum(r.passed for r in results)
     lines.append(f"{passed} of {len(results)} checks passed")
@@ -51,6 +52,29 @@ def _free_port(preferred: int) -> int:
                 continue
             return int(s.getsockname()[1])
     raise typer.BadParameter("no free port on 127.0.0.1")
+
+
+# no news pop-up, no update check: a lab has no business with the internet (and may have none);
+# every cell in the page (windowingMode none): the notebooks are short, and a widget or picture
+# scrolled away keeps its state
+QUIET_JUPYTER = [f"--LabApp.app_settings_dir={Path(__file__).parent / 'jupyter_settings'}",
+                 "--LabApp.news_url=None", "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"]
+
+
+def terminal_shell() -> str:
+    """JupyterLab's terminals: the user's shell, not as a login shell.  Without a tty Jupyter starts
+    `$SHELL -l`, whose /etc/profile resets PATH, and `kplab` is "command not found" there."""
+    return f"--ServerApp.terminado_settings=shell_command={os.environ.get('SHELL') or '/bin/bash'}"
+
+
+def jupyter_env() -> dict[str, str]:
+    """Jupyter's environment: the venv's bin first on PATH, so `!kplab ...` in a notebook (and a
+    terminal opened in JupyterLab) finds this kplab; the lab the notebooks use."""
+    venv_bin = str(Path(sys.executable).parent)
+    path = os.environ.get("PATH", "")
+    if venv_bin not in path.split(os.pathsep):
+        path = os.pathsep.join([venv_bin, path]) if path else venv_bin
+    return {**os.environ, "PATH": path, "KPLAB_LAB": current_lab()}
 
 
 def register(app: typer.Typer) -> None:
@@ -71,6 +95,9 @@ def register(app: typer.Typer) -> None:
                 typer.echo("\n".join(f"{r.id:34} {r.title}" for r in found))
             return
         results = run_checks(selection, lab=current_lab())
+        from kplab.grading.progress import record
+
+        record(results, via="kplab check")
         typer.echo(json.dumps([r.to_dict() for r in results], indent=2) if output == "json" else _table(results))
         failing = [r for r in results if not r.passed]
         if failing:
@@ -78,42 +105,104 @@ def register(app: typer.Typer) -> None:
 
             raise CheckError(f"{len(failing)} of {len(results)} checks did not pass")
 
-    grade_app = typer.Typer(help="Grade: every check, as a report (learner, check, pass/fail, time).")
+    grade_app = typer.Typer(help="Grade a learner's saved notebooks by replay; `grade collect DIR` for a class.")
     app.add_typer(grade_app, name="grade")
 
     @grade_app.callback(invoke_without_command=True)
     def grade(
         ctx: typer.Context,
+        work: Annotated[Path | None, typer.Option("--work", help="the learner's folder of notebooks "
+                                                  "(default: $KPLAB_WORK, ./ or ./labs when they hold notebooks)")] = None,
+        learner: Annotated[str | None, typer.Option("--learner", help="default: $JUPYTERHUB_USER, $KPLAB_LEARNER, "
+                                                    "or the id kept in the work folder (asked once)")] = None,
+        notebook: Annotated[list[str] | None, typer.Option("--notebook", help="grade only this notebook (03 or "
+                                                           "03-iptables); repeat for more")] = None,
         output: Annotated[str, typer.Option("-o", "--output", help="json, junit or csv")] = "json",
         out: Annotated[Path | None, typer.Option("--out", help="write the report here (default: stdout)")] = None,
-        learner: Annotated[str | None, typer.Option("--learner", help="default: $KPLAB_LEARNER or your user name")] = None,
+        lab: Annotated[str, typer.Option("--grading-lab", help="the lab the replay builds and removes "
+                                         "(not yours)")] = "grading",
+        cell_timeout: Annotated[float, typer.Option("--cell-timeout", help="seconds a cell may run")] = 120.0,
     ) -> None:
-        """Run every check and write a report; `kplab grade collect DIR` merges many."""
+        """Replay the learner's saved notebooks, each from its starting state, and write a report.
+
+        Every check runs at the place of its check cell; your own lab is not touched (the replay
+        builds its own, `--grading-lab`, and removes it).  Exit 0 when the report was written.
+        """
         if ctx.invoked_subcommand:
             return
-        from kplab.grading import report
-        from kplab.grading.runner import run_checks
+        from kplab.grading import progress, report
+        from kplab.grading.replay import grade_course
 
-        rep = report.make_report(run_checks(lab=current_lab()), learner=learner, lab=current_lab())
+        folder = progress.work_dir(work)
+        who = progress.learner_id(learner, folder)
+        if output not in report.FORMATS:
+            report.render(report.Report(who, lab, []), output)  # the one-line "unknown format" error
+        grades = grade_course(folder, notebook, lab=lab, cell_timeout=cell_timeout,
+                              progress=lambda line: typer.echo(line, err=True))
+        firsts = {r["id"]: r["first_passed"] for r in progress.table(folder) if r["first_passed"]}
+        rep = report.make_report([r for g in grades for r in g.results], learner=who, lab=lab,
+                                 work=str(folder.resolve()), progress=firsts,
+                                 notebooks=[{"notebook": g.notebook, "seconds": g.seconds, "problems": g.problems,
+                                             "slowest": g.slowest}
+                                            for g in grades])
         text = report.render(rep, output)
+        summary = (f"{rep.learner}: {rep.passed} of {rep.applicable} applicable checks passed ({rep.percent}%)"
+                   + (f"; {len(rep.results) - rep.applicable} not applicable here" if rep.applicable < len(rep.results) else ""))
         if out:
             out.write_text(text)
-            typer.echo(f"{rep.learner}: {rep.passed} of {len(rep.results)} checks passed; report in {out}",
-                       err=True)
+            typer.echo(f"{summary}; report in {out}", err=True)
         else:
             typer.echo(text, nl=False)
+            typer.echo(summary, err=True)
 
     @grade_app.command()
     def collect(
         directory: Annotated[Path, typer.Argument(help="a folder of reports (.json, .xml, .csv), searched recursively")],
-        out: Annotated[Path, typer.Option("--out", help="the gradebook CSV to write")],
+        out: Annotated[Path, typer.Option("--out", help="the gradebook CSV to write (and beside it "
+                                          "NAME-checks.csv/.png/.svg: the class's pass rate per check)")],
+        allow_shared_ids: Annotated[bool, typer.Option("--allow-shared-ids", help="keep the newest report of "
+                                                       "a learner id that several machines handed in")] = False,
     ) -> None:
-        """Merge many learners' reports into one gradebook (a row per learner, a column per check)."""
-        from kplab.grading.report import collect as do_collect
+        """Merge many learners' reports: a gradebook row per learner, and per check the class's pass rate."""
+        from kplab.grading import report
 
-        text, n = do_collect(directory, exclude=out)
+        stem = out.with_name(out.stem + report.SUMMARY_SUFFIX)
+        text, n = report.collect(directory, exclude=out, allow_shared_ids=allow_shared_ids)
+        reports = [rep for _, rep in report.read_all(directory, [out])]
+        rows = report.class_summary(reports)
         out.write_text(text)
-        typer.echo(f"{n} reports, {len(text.splitlines()) - 1} learners -> {out}")
+        stem.with_suffix(".csv").write_text(report.summary_csv(rows))
+        charts = report.chart(rows, stem)
+        typer.echo(report.summary_text(rows))
+        typer.echo(f"{n} reports, {len(text.splitlines()) - 1} learners -> {out}; per check: "
+                   + ", ".join(str(p) for p in [stem.with_suffix(".csv"), *charts]))
+
+    @app.command()
+    def progress(
+        work: Annotated[Path | None, typer.Option("--work", help="the work folder (default as for grade)")] = None,
+        output: Annotated[str | None, OUT] = None,
+    ) -> None:
+        """Where you stand: every check of the course, when you first passed it, your latest outcome."""
+        from kplab.grading import progress as prog
+
+        rows = prog.table(prog.work_dir(work))
+        if output == "json":
+            typer.echo(json.dumps(rows, indent=2))
+            return
+        by_nb: dict[str, list[dict]] = {}
+        for r in rows:
+            by_nb.setdefault(r["notebook"], []).append(r)
+        for nb, mine in by_nb.items():
+            done = sum(bool(r["first_passed"]) for r in mine)
+            typer.echo(f"{nb:22} {done} of {len(mine)} passed")
+            for r in mine:
+                mark = "✓" if r["first_passed"] else ("✗" if r["last"] else "·")
+                when = f"first passed {r['first_passed']}" if r["first_passed"] else (
+                    f"last {r['last']}, {r['tries']} tries" if r["tries"] else "not tried")
+                typer.echo(f"  {mark} {r['id'].partition('/')[2]:32} {when}")
+        total = sum(bool(r["first_passed"]) for r in rows)
+        typer.echo(f"the course: {total} of {len(rows)} checks passed (a record of your own runs; "
+                   "`kplab grade` replays your notebooks for the grade)")
 
     @app.command()
     def reset(
@@ -153,5 +242,5 @@ def register(app: typer.Typer) -> None:
         sys.stdout.flush()
         argv = [jupyter, "lab", f"--ServerApp.root_dir={notebooks or LABS}", "--ServerApp.ip=127.0.0.1",
                 f"--ServerApp.port={port}", "--ServerApp.port_retries=0", f"--IdentityProvider.token={token}",
-                "--ServerApp.open_browser=False", "--allow-root"]
-        os.execve(jupyter, argv, {**os.environ, "KPLAB_LAB": current_lab()})
+                "--ServerApp.open_browser=False", "--allow-root", *QUIET_JUPYTER, terminal_shell()]
+        os.execve(jupyter, argv, jupyter_env())

@@ -10,7 +10,7 @@ from typing import Any, Optional
 
 import typer
 
-from kplab.cli import attach, emit
+from kplab.cli import NO_SYNC, attach, emit, holding
 
 NS = typer.Option(None, "-n", "--namespace", help="one namespace (default: all, with a NAMESPACE column)")
 NS_DEFAULT = typer.Option("default", "-n", "--namespace", help="the object's namespace")
@@ -86,10 +86,12 @@ def up_hint(lab: Any) -> str:
 
 def register(app: typer.Typer) -> None:
     @app.command()
-    def apply(files: list[Path] = FILES) -> None:
+    def apply(files: list[Path] = FILES, no_sync: bool = NO_SYNC) -> None:
         """Create or update objects from manifests; pods, rules and namespaces follow at once."""
         lab = attach()
-        for line in lab.apply(*files):
+        with holding(lab, no_sync):
+            lines = lab.apply(*files)
+        for line in lines:
             typer.echo(line)
         for w in lab.warnings():
             typer.echo(f"warning: {w}", err=True)
@@ -227,11 +229,13 @@ def register(app: typer.Typer) -> None:
         args: list[str] = DEPLOYMENT,
         replicas: int = typer.Option(..., "--replicas"),
         namespace: str = NS_DEFAULT,
+        no_sync: bool = NO_SYNC,
     ) -> None:
         """Scale a Deployment: pods come and go, EndpointSlices and rules follow."""
         dep = _deployment(args, "scale")
         lab = attach()
-        _not_found(lambda: [lab.scale(dep, replicas, namespace)])
+        with holding(lab, no_sync):
+            _not_found(lambda: [lab.scale(dep, replicas, namespace)])
 
     rollout = typer.Typer(help="Restart a Deployment, or wait for its rollout.", no_args_is_help=True)
     app.add_typer(rollout, name="rollout")

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import typer
 
-from kplab.cli import attach, emit
+from kplab.cli import attach, check_output, emit
 
-OUT = typer.Option(None, "-o", "--output", help="json or yaml for data, default: text")
+OUT = typer.Option(None, "-o", "--output", help="json or yaml for data, default: text", callback=check_output)
 
 
 def register(app: typer.Typer) -> None:
@@ -125,7 +125,7 @@ def register(app: typer.Typer) -> None:
     @app.command()
     def explain(
         dump: Path = typer.Argument(
-            ..., help="iptables-save, nft list ruleset or ipvsadm -Ln output of a node"
+            ..., help="iptables-save, nft list ruleset or ipvsadm -Ln output of a node; - reads stdin"
         ),
         services: Path | None = typer.Option(
             None, "--services", help="kubectl get svc,endpointslices -A -o yaml"

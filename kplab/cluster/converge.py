@@ -202,6 +202,7 @@ class Converging:
         def _sync_all(self) -> dict[str, Any]: ...
         def _update_echo(self) -> None: ...
         def _mutate(self) -> Any: ...
+        def _held(self) -> dict[str, Any]: ...
 
     def _converge(self, starting: bool = False) -> None:
         """Controllers, then namespaces, echo and every node's rules, in the order that drops no request.
@@ -292,6 +293,20 @@ class Converging:
                 if i.get("ip")
             ]
             out |= {ip for ip in ips if ipaddress.ip_address(ip) not in node_net}
+        return out
+
+    def _unreachable_external_ips(self) -> list[str]:
+        """externalIPs on the node network that no node holds: nothing answers ARP for them there."""
+        data = self._held()
+        node_net = ipaddress.ip_network(data["network"]["node_cidr"])
+        held = {self.node_ip(n) for n in data["nodes"]}
+        out = []
+        for key, svc in sorted(data["objects"].get("Service", {}).items()):
+            for ip in (svc.get("spec") or {}).get("externalIPs") or []:
+                if ipaddress.ip_address(ip) in node_net and ip not in held:
+                    out.append(f"service/{key.split('/', 1)[1]}: externalIP {ip} is inside the node network {node_net} "
+                               f"and no node has it: nothing answers for it there, so it is unreachable; choose an "
+                               f"address off {node_net} (the LoadBalancer pool {data['network']['lb_pool']} is)")
         return out
 
     def _ensure_terminator(self) -> None:

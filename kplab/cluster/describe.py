@@ -94,8 +94,7 @@ def rules_for(text: str, namespace: str, name: str, ips: set[str]) -> list[str]:
 
 
 def _proxy_section(lab: Any, svc: dict[str, Any], now: float) -> list[str]:
-    data = lab.data
-    mode = data["mode"]
+    mode = lab.mode
     if mode == "none":
         return ["Kube-proxy:               none in this lab (mode none): no node programs this Service"]
     spec, md = svc["spec"], svc["metadata"]
@@ -110,8 +109,9 @@ def _proxy_section(lab: Any, svc: dict[str, Any], now: float) -> list[str]:
     out = [
         f"Kube-proxy ({mode} mode), what each node holds for this Service (read back, as `kplab rules NODE`):"
     ]
-    for node in data["nodes"]:
-        out.append(f"  {node}: {sync_line((data.get('syncs') or {}).get(node), now)}")
+    syncs = lab.last_syncs
+    for node in lab.nodes:
+        out.append(f"  {node}: {sync_line(syncs.get(node), now)}")
         try:
             text = lab.rules(node).get("text", "")
         except KplabError as e:
@@ -173,7 +173,7 @@ def describe_pod(lab: Any, pod: dict[str, Any], now: float) -> list[str]:
         f"(service/{s['metadata']['labels'].get('kubernetes.io/service-name')}): "
         f"ready={e['conditions']['ready']} serving={e['conditions']['serving']} "
         f"terminating={e['conditions']['terminating']}"
-        for s in lab.data["objects"].get("EndpointSlice", {}).values()
+        for s in lab.stored_objects().get("EndpointSlice", {}).values()
         for e in s.get("endpoints") or []
         if (e.get("targetRef") or {}).get("name") == md["name"]
     ]
@@ -192,7 +192,7 @@ def describe_service(lab: Any, svc: dict[str, Any], now: float) -> list[str]:
     ns = md.get("namespace", "default")
     eps = [
         o
-        for o in kubeviews.endpoints(lab.data["objects"])
+        for o in kubeviews.endpoints(lab.stored_objects())
         if o["metadata"]["name"] == md["name"] and o["metadata"]["namespace"] == ns
     ]
     pairs: list[tuple[str, Any]] = [
@@ -252,7 +252,7 @@ def describe_node(lab: Any, node: dict[str, Any], now: float) -> list[str]:
     rows = [["  Namespace", "Name", "IP"]] + [
         [f"  {p['metadata']['namespace']}", p["metadata"]["name"], p["status"]["podIP"]] for p in pods
     ]
-    syncs = lab.data.get("syncs") or {}
+    syncs, mode = lab.last_syncs, lab.mode
     out = fields(
         [
             ("Name", md["name"]),
@@ -265,8 +265,7 @@ def describe_node(lab: Any, node: dict[str, Any], now: float) -> list[str]:
             ("Network namespace", lab.netns(md["name"])),
             (
                 "Kube-proxy",
-                f"{lab.data['mode']} mode, "
-                + (sync_line(syncs.get(md["name"]), now) if lab.data["mode"] != "none" else "not running"),
+                f"{mode} mode, " + (sync_line(syncs.get(md["name"]), now) if mode != "none" else "not running"),
             ),
             ("Non-terminated Pods", f"({len(pods)} in total)"),
         ]
@@ -331,14 +330,14 @@ def describe_deployment(lab: Any, dep: dict[str, Any], now: float) -> list[str]:
     ru = (spec.get("strategy") or {}).get("rollingUpdate") or {}
     rss = [
         r
-        for r in kubeviews.replica_sets(lab.data["objects"])
+        for r in kubeviews.replica_sets(lab.stored_objects())
         if r["metadata"]["ownerReferences"][0]["name"] == md["name"]
         and r["metadata"]["namespace"] == md.get("namespace", "default")
     ]
     current = f"{md['name']}-{deployments.template_hash(spec.get('template') or {})}"
     total = sum(
         1
-        for p in lab.data["objects"].get("Pod", {}).values()
+        for p in lab.stored_objects().get("Pod", {}).values()
         if deployments.owner(p) == f"{md.get('namespace', 'default')}/{md['name']}"
     )
     tmpl = spec.get("template") or {}
@@ -415,7 +414,7 @@ def describe(
     kind = kubeviews.kind_of(kind_word)
     if kind not in DESCRIBERS:
         raise LabError(f"describe shows {', '.join(k.lower() for k in DESCRIBED)}, not {kind_word!r}")
-    lab.data = lab._load()
+    lab.refresh()
     now = time.time()
     pool = [
         o

@@ -27,6 +27,8 @@ import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from kplab.cluster.run import NETNS_DIR
+
 CLONE_NEWNET = 0x40000000
 HTTP_METHODS = (b"GET ", b"HEAD ", b"POST ", b"PUT ")
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -34,7 +36,7 @@ _libc = ctypes.CDLL(None, use_errno=True)
 
 def _open_in(netns: str, ip: str, port: int, proto: str) -> socket.socket:
     own = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
-    target = os.open(f"/run/netns/{netns}", os.O_RDONLY)
+    target = os.open(f"{NETNS_DIR}/{netns}", os.O_RDONLY)
     try:
         if _libc.setns(target, CLONE_NEWNET) != 0:
             raise OSError(ctypes.get_errno(), f"setns {netns}")

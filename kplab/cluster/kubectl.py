@@ -9,16 +9,38 @@ missing object raises apiserver.NotFound with kubectl's message.
 
 from __future__ import annotations
 
+import functools
 import time
+import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from kplab.cluster import apiserver, deployments, edits, manifests
+from kplab.cluster import apiserver, controller, deployments, edits, manifests
 from kplab.cluster.apiserver import NotFound, not_found, resource
 from kplab.cluster.offloop import off_loop
-from kplab.errors import LabError
+from kplab.errors import KplabWarning, LabError
+
+T = TypeVar("T")
 
 Source = str | Path | dict[str, Any]
+
+
+def warned(fn: Callable[..., T]) -> Callable[..., T]:
+    """After the verb, the lab's warnings as KplabWarning: what the CLI prints as `warning: ...`,
+    shown by Python (a notebook cell) in the caller's thread (outside off_loop's worker)."""
+
+    @functools.wraps(fn)
+    def wrapper(self: Any, *args: Any, **kwargs: Any) -> T:
+        if not isinstance(self, type):
+            self.notes = ()  # each verb says its own notes, not the last one's again
+        out = fn(self, *args, **kwargs)
+        lab = out if callable(getattr(out, "warnings", None)) else self
+        for w in lab.warnings():
+            warnings.warn(w, KplabWarning, stacklevel=2)
+        return out
+
+    return wrapper
 
 
 class KubectlVerbs:
@@ -30,10 +52,13 @@ class KubectlVerbs:
 
         def _mutate(self) -> Any: ...
         def _converge(self, starting: bool = False) -> None: ...
-        def _load(self) -> dict[str, Any]: ...
+        def _held(self) -> dict[str, Any]: ...
+        def refresh(self) -> None: ...
+        def pod(self, name: str) -> dict[str, Any]: ...
+        def warnings(self) -> list[str]: ...
 
     def _object(self, kind: str, name: str, namespace: str = "default") -> dict[str, Any]:
-        found = (self.data or self._load())["objects"].get(kind, {}).get(f"{namespace}/{name}")
+        found = self._held()["objects"].get(kind, {}).get(f"{namespace}/{name}")
         if found is None:
             raise NotFound([not_found(kind, name)])
         return found  # type: ignore[no-any-return]
@@ -66,6 +91,7 @@ class KubectlVerbs:
         self.notes = tuple(notes)
         return lines
 
+    @warned
     @off_loop
     def apply(self, *sources: Source) -> list[str]:
         """kubectl apply: admit, store, converge; `deployment.apps/web configured` per object."""
@@ -102,10 +128,23 @@ class KubectlVerbs:
         return done
 
     @off_loop
+    def set_ready(self, pod: str, ready: bool = True, terminating: bool = False) -> None:
+        """Flip a pod's readiness (and terminating state): its EndpointSlice follows."""
+        with self._mutate():
+            ann = self.pod(pod)["metadata"].setdefault("annotations", {})
+            ann[controller.READY_ANN] = "true" if ready or terminating else "false"
+            ann[controller.TERMINATING_ANN] = "true" if terminating else "false"
+            self._converge()
+
+    @off_loop
     def scale(self, deployment: str, replicas: int, namespace: str = "default") -> str:
         """kubectl scale: the Deployment's pods come (or go at once); slices and rules follow."""
+        if isinstance(replicas, bool) or not isinstance(replicas, int):
+            raise LabError(f"replicas must be a whole number, not {replicas!r}: lab.scale({deployment!r}, 4) "
+                           f"or `kplab scale deployment {deployment} --replicas 4`")
         if not 0 <= replicas <= 200:
-            raise LabError(f"--replicas {replicas}: a lab allows 0 to 200")
+            raise LabError(f"{replicas} replicas: a lab allows 0 to 200 per Deployment (each pod is a network "
+                           "namespace on this machine)")
         with self._mutate():
             self._object("Deployment", deployment, namespace)["spec"]["replicas"] = replicas
             self._converge()
@@ -202,6 +241,6 @@ class KubectlVerbs:
 
     def rollout_status(self, deployment: str, namespace: str = "default") -> tuple[bool, str]:
         """(done, kubectl's line) as the Deployment is now; `kplab rollout status` waits on it."""
-        self._load()
+        self.refresh()
         self._object("Deployment", deployment, namespace)
         return deployments.rollout_status(self.data["objects"], f"{namespace}/{deployment}")

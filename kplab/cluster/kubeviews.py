@@ -68,8 +68,7 @@ def check_output(output: str | None) -> None:
 
 # ------------------------------------------------------------------------------------ objects
 def nodes(lab: Any) -> list[dict[str, Any]]:
-    data = lab.data or lab._load()
-    created = deployments.rfc3339(data.get("created", time.time()))
+    created = deployments.rfc3339(time.time() if lab.created is None else lab.created)
     return [
         {
             "apiVersion": "v1",
@@ -88,7 +87,7 @@ def nodes(lab: Any) -> list[dict[str, Any]]:
                 "conditions": [{"type": "Ready", "status": "True"}],
             },
         }
-        for n in data["nodes"]
+        for n in lab.nodes
     ]
 
 
@@ -193,7 +192,7 @@ def endpoints(objects: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def items(lab: Any, kind: str) -> list[dict[str, Any]]:
-    objects = (lab.data or lab._load())["objects"]
+    objects = lab.stored_objects()
     if kind == "Node":
         return nodes(lab)
     if kind == "ReplicaSet":
@@ -377,7 +376,7 @@ def get(
     else:
         kinds = list(ALL) if words[0].lower() == "all" else [kind_of(k) for k in words[0].split(",")]
         asked = [(k, n) for k in kinds for n in (words[1:] or [None])]
-    now, mode = time.time(), (lab.data or lab._load()).get("mode", "")
+    now, mode = time.time(), lab.mode
     found: dict[str, list[dict[str, Any]]] = {}
     missing: list[str] = []
     for kind, name in asked:

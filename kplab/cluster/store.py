@@ -27,7 +27,16 @@ from typing import Any
 from kplab.errors import LabError
 
 STATE_ROOT = Path(os.environ.get("KPLAB_STATE_DIR", "/run/kplab"))
+# How long the lab waits for its own processes (echo workload, kube-proxy's servers) to say they
+# are ready: 30 s on a machine, more in an emulated VM (kplab.testing.vm sets it), where Python
+# alone takes tens of seconds to import what they need.
+START_TIMEOUT = float(os.environ.get("KPLAB_START_TIMEOUT", "30"))
 LAB_NAME = re.compile(r"^[a-z0-9]{1,12}$")
+
+
+def current_lab() -> str:
+    """The lab the CLI, the checks and the notebooks act on: `$KPLAB_LAB`, else `default`."""
+    return os.environ.get("KPLAB_LAB") or "default"
 
 
 def check_lab_name(name: str) -> None:
@@ -50,8 +59,31 @@ class Store:
         try:
             self.dir.mkdir()
         except FileExistsError:
+            if self.crashed():
+                raise LabError(f"{self.crashed_message()}, then `kplab up` again") from None
             raise LabError(f"lab {self.lab!r} exists already: use it, or `kplab down --lab {self.lab}` first "
                            f"(`kplab clean --lab {self.lab}` if it crashed)") from None
+
+    def crashed(self) -> bool:
+        """An `up` that died (kill -9, a reboot of the kernel's namespaces aside): the directory is there,
+        its state was never saved as "up", and nobody holds its lock."""
+        if not self.dir.is_dir() or not self.lock_is_free():
+            return False
+        try:
+            return json.loads((self.dir / "lab.json").read_text()).get("status") != "up"
+        except (FileNotFoundError, ValueError):
+            return True
+
+    def crashed_message(self) -> str:
+        return (f"lab {self.lab!r} crashed while it was being built (its `kplab up` was stopped): "
+                f"`kplab clean --lab {self.lab}` removes what it left")
+
+    def not_up_error(self) -> LabError:
+        """Why a lab that has a directory cannot be used: crashed, or still being built."""
+        if self.crashed():
+            return LabError(self.crashed_message())
+        return LabError(f"lab {self.lab!r} is being built (another kplab command holds its lock): "
+                        "wait for it, or see `kplab status` in a moment")
 
     @contextlib.contextmanager
     def locked(self, timeout: float = 60.0) -> Iterator[None]:
@@ -87,6 +119,8 @@ class Store:
         try:
             return json.loads((self.dir / "lab.json").read_text())  # type: ignore[no-any-return]
         except FileNotFoundError:
+            if self.dir.is_dir():
+                raise self.not_up_error() from None
             raise LabError(f"no lab named {self.lab!r}: start one with `kplab up --lab {self.lab}`") from None
 
     def save(self, data: dict[str, Any]) -> None:
@@ -132,8 +166,12 @@ def _reap(pid: int, wait: float = 0.0) -> None:
         try:
             done, _ = os.waitpid(pid, os.WNOHANG)
         except (ChildProcessError, OSError):
+            _children.discard(pid)
             return
-        if done == pid or time.monotonic() >= end:
+        if done == pid:
+            _children.discard(pid)  # reaped: the pid may be reused, it is no longer ours
+            return
+        if time.monotonic() >= end:
             return
         time.sleep(0.005)
 
@@ -155,6 +193,7 @@ def stop_pid(pid: int, marker: str, wait: float = 3.0) -> None:
 
 def stop_recorded_processes(root: Path) -> None:
     """Stop every process recorded as <root>/**/*.pid whose command line mentions kplab."""
+    reap_children()
     for pidfile in sorted(root.rglob("*.pid")) if root.is_dir() else []:
         try:
             pid = int(pidfile.read_text().split()[0])
@@ -164,11 +203,33 @@ def stop_recorded_processes(root: Path) -> None:
         pidfile.unlink(missing_ok=True)
 
 
+_children: set[int] = set()  # lab processes this process started: ours to reap, whoever stopped them
+
+
+def reap_children() -> None:
+    """Collect every lab process this process started that has exited since.
+
+    A lab brought down by another process (`kplab down` in a terminal beside the notebook)
+    stops our children without our knowing: without this, each stays `<defunct>` under the
+    long-lived process (a notebook kernel) that started it, one more per reset.
+    """
+    for pid in list(_children):
+        try:
+            done, _ = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            done = pid  # not ours (any more)
+        if done == pid:
+            _children.discard(pid)
+
+
 def spawn_detached(argv: list[str], log: Path) -> int:
     """Start a lab process in its own session, output to `log`; the caller records its pid."""
+    reap_children()
     flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND
-    return os.posix_spawn(argv[0], argv, dict(os.environ), setsid=True, file_actions=[
+    pid = os.posix_spawn(argv[0], argv, dict(os.environ), setsid=True, file_actions=[
         (os.POSIX_SPAWN_OPEN, 0, "/dev/null", os.O_RDONLY, 0),
         (os.POSIX_SPAWN_OPEN, 1, str(log), flags, 0o644),
         (os.POSIX_SPAWN_DUP2, 1, 2),
     ])
+    _children.add(pid)
+    return pid

@@ -11,8 +11,10 @@ seen from a kernel; re-running it is how a learner starts over.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -31,6 +33,7 @@ class Start:
     mode: str = "iptables"
     manifests: list[str] = field(default_factory=lambda: ["default"])
     nodes: int = 2
+    options: dict[str, Any] = field(default_factory=dict)  # Lab.up's options, e.g. conntrack_cleanup
 
     def sources(self) -> list[str | Path]:
         return [default_manifest() if m == "default" else LABS / m for m in self.manifests]
@@ -45,7 +48,7 @@ def starts(path: Path | None = None) -> dict[str, Start]:
         raise CheckError(f"{path}: cannot read the notebooks' starting states: {e}") from None
     out = {}
     for name, spec in (doc.get("notebooks") or {}).items():
-        unknown = set(spec or {}) - {"mode", "manifests", "nodes"}
+        unknown = set(spec or {}) - {"mode", "manifests", "nodes", "options"}
         if unknown:
             raise CheckError(f"{path}: {name}: unknown field(s) {', '.join(sorted(unknown))}")
         out[name] = Start(name, **(spec or {}))
@@ -72,8 +75,11 @@ def last_notebook(lab: str) -> str:
         return FIRST
 
 
-def reset(notebook: str | None = None, lab: str | None = None) -> Lab:
-    """Rebuild `lab` in `notebook`'s starting state (default: the notebook last reset to)."""
+def reset(notebook: str | None = None, lab: str | None = None, for_replay: bool = False) -> Lab:
+    """Rebuild `lab` in `notebook`'s starting state (default: the notebook last reset to).
+
+    `for_replay`: the grader built it for a replay; the notebook's own `start(...)` then uses it
+    as it is, once, instead of building it a second time."""
     name = lab or current_lab()
     start = start_of(notebook or last_notebook(name))
     sources = start.sources()
@@ -82,13 +88,38 @@ def reset(notebook: str | None = None, lab: str | None = None) -> Lab:
     except KplabError:
         pass  # not up: nothing to take down
     try:
-        built = Lab.up(name, mode=start.mode, manifests=sources, nodes=start.nodes)
+        built = Lab.up(name, mode=start.mode, manifests=sources, nodes=start.nodes, **start.options)
     except LabError:  # up is all-or-nothing; on a loaded machine one more try usually succeeds
-        built = Lab.up(name, mode=start.mode, manifests=sources, nodes=start.nodes)
-    _marker(name).write_text(json.dumps({"notebook": start.notebook}))
+        built = Lab.up(name, mode=start.mode, manifests=sources, nodes=start.nodes, **start.options)
+    _marker(name).write_text(json.dumps({"notebook": start.notebook, "fresh_for_replay": for_replay}))
     return built
 
 
+def _fresh_for_replay(notebook: str, lab: str) -> Lab | None:
+    """The lab the grader just built for this notebook, taken once (a second `start` rebuilds)."""
+    try:
+        marker = json.loads(_marker(lab).read_text())
+    except (OSError, ValueError):
+        return None
+    if not marker.get("fresh_for_replay") or marker.get("notebook") != start_of(notebook).notebook:
+        return None
+    _marker(lab).write_text(json.dumps({"notebook": marker["notebook"], "fresh_for_replay": False}))
+    try:
+        return Lab.attach(lab)
+    except KplabError:
+        return None
+
+
 def start(notebook: str, lab: str | None = None) -> Lab:
-    """A notebook's first cell: the lab in this notebook's starting state, as a Lab handle."""
-    return reset(notebook, lab)
+    """A notebook's first cell: the lab in this notebook's starting state, as a Lab handle, and
+    where the learner stands (the checks of this notebook and of the course they passed)."""
+    name = lab or current_lab()
+    built = _fresh_for_replay(notebook, name) or reset(notebook, name)
+    if os.environ.get("KPLAB_PROGRESS") != "off":
+        from kplab.grading.progress import standing
+
+        try:
+            print(standing(start_of(notebook).notebook))
+        except Exception:  # noqa: BLE001, S110 - a progress line must never stop the first cell
+            pass
+    return built

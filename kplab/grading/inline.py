@@ -1,7 +1,8 @@
 """`check("03-iptables/affinity")` in a notebook: run checks in a fresh process, show them inline.
 
 The checks run in a child process (`python -m kplab.grading`) so that a learner's kernel never
-imports the check modules and each run sees the current lab afresh.  The returned object renders
+imports the check modules and each run sees the current lab afresh.  Each outcome is added to the
+learner's progress record (`kplab.grading.progress`).  The returned object renders
 as HTML in JupyterLab (a green or red box with the hint on failure) and as text elsewhere; its
 HTML carries `data-outcome`, which the notebook tests read.
 """
@@ -14,10 +15,11 @@ import os
 import subprocess
 import sys
 
-from kplab.grading.runner import CheckResult
+from kplab.grading import progress
+from kplab.grading.runner import NA, CheckResult
 
 COLORS = {"passed": ("#e6f4ea", "#1e8e3e", "PASS"), "failed": ("#fce8e6", "#d93025", "FAIL"),
-          "error": ("#fef7e0", "#b06000", "ERROR"), "skipped": ("#f1f3f4", "#5f6368", "SKIP")}
+          "error": ("#fef7e0", "#b06000", "ERROR"), NA: ("#f1f3f4", "#5f6368", "N/A")}
 
 
 class Checked:
@@ -76,4 +78,6 @@ def check(*selection: str, lab: str | None = None, timeout: float = 300.0) -> Ch
         lines = (cp.stderr.strip() or cp.stdout.strip() or "the check runner failed").splitlines()
         return _could_not_run(selection, lines[-1].removeprefix("error: "))
     fields = CheckResult.__dataclass_fields__
-    return Checked([CheckResult(**{k: v for k, v in d.items() if k in fields}) for d in json.loads(cp.stdout)])
+    results = [CheckResult(**{k: v for k, v in d.items() if k in fields}) for d in json.loads(cp.stdout)]
+    progress.record(results, via="check()")
+    return Checked(results)

@@ -14,7 +14,6 @@ backends this one overrides only `run()`: every testinfra module (`iptables`, `s
 
 from __future__ import annotations
 
-import os
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -23,14 +22,10 @@ import testinfra.backend
 from testinfra.backend import base
 
 from kplab.cluster.run import NETNS_DIR, netns_argv
+from kplab.cluster.store import current_lab
 from kplab.errors import CheckError
 
 PREFIX = "kplab-"
-
-
-def current_lab() -> str:
-    """The lab checks run against: `$KPLAB_LAB`, else `default`."""
-    return os.environ.get("KPLAB_LAB") or "default"
 
 
 def resolve(name: str, lab: str | None = None) -> str:

@@ -12,24 +12,24 @@ writes one CSV row per learner:
 from __future__ import annotations
 
 import csv
-import getpass
 import io
 import json
 import os
 import socket
 import time
 import xml.etree.ElementTree as ET
+from collections import Counter
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from kplab.errors import CheckError
-from kplab.grading.runner import CheckResult
+from kplab.grading.runner import NA, CheckResult
 
 FORMATS = ("json", "junit", "csv")
 CSV_FIELDS = ["learner", "lab", "kplab_version", "graded", "check", "outcome", "passed", "seconds",
-              "digest", "started", "message"]
+              "digest", "started", "message", "hostname", "work"]
 
 
 def kplab_version() -> str:
@@ -37,11 +37,6 @@ def kplab_version() -> str:
         return metadata.version("kplab")
     except metadata.PackageNotFoundError:
         return "unknown"
-
-
-def learner_id(explicit: str | None = None) -> str:
-    """`--learner`, else `$KPLAB_LEARNER`, else the user name."""
-    return explicit or os.environ.get("KPLAB_LEARNER") or getpass.getuser()
 
 
 @dataclass
@@ -52,10 +47,22 @@ class Report:
     kplab_version: str = field(default_factory=kplab_version)
     graded: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%S%z"))
     hostname: str = field(default_factory=socket.gethostname)
+    work: str = ""  # the work folder graded: with hostname, tells two learners who share an id apart
+    notebooks: list[dict[str, Any]] = field(default_factory=list)  # per notebook: seconds, problems
+    progress: dict[str, str] = field(default_factory=dict)  # check id -> first pass in the progress record
 
     @property
     def passed(self) -> int:
         return sum(r.passed for r in self.results)
+
+    @property
+    def applicable(self) -> int:
+        """The denominator: checks this machine could run (not-applicable ones are left out)."""
+        return sum(r.applicable for r in self.results)
+
+    @property
+    def percent(self) -> float:
+        return round(100.0 * self.passed / self.applicable, 1) if self.applicable else 0.0
 
     @property
     def checks(self) -> dict[str, str]:
@@ -63,30 +70,33 @@ class Report:
         return {r.id: r.digest for r in self.results}
 
 
-def make_report(results: list[CheckResult], *, learner: str | None = None, lab: str | None = None) -> Report:
-    return Report(learner_id(learner), lab or os.environ.get("KPLAB_LAB") or "default", results)
+def make_report(results: list[CheckResult], *, learner: str, lab: str | None = None, **extra: Any) -> Report:
+    return Report(learner, lab or os.environ.get("KPLAB_LAB") or "default", results, **extra)
 
 
 def to_json(rep: Report) -> str:
     doc = {
         "learner": rep.learner, "lab": rep.lab, "kplab_version": rep.kplab_version, "graded": rep.graded,
-        "hostname": rep.hostname, "passed": rep.passed, "total": len(rep.results), "checks": rep.checks,
-        "results": [r.to_dict() for r in rep.results],
+        "hostname": rep.hostname, "work": rep.work, "passed": rep.passed, "applicable": rep.applicable,
+        "total": len(rep.results), "percent": rep.percent, "checks": rep.checks,
+        "results": [{**r.to_dict(), "first_passed_in_progress": rep.progress.get(r.id, "")} for r in rep.results],
+        "notebooks": rep.notebooks,
     }
     return json.dumps(doc, indent=2) + "\n"
 
 
 def to_junit(rep: Report) -> str:
     """JUnit XML as pytest's junitxml writes it: testsuites > testsuite > testcase."""
-    counts = {o: sum(r.outcome == o for r in rep.results) for o in ("failed", "error", "skipped")}
+    counts = {o: sum(r.outcome == o for r in rep.results) for o in ("failed", "error", NA)}
     suites = ET.Element("testsuites")
     suite = ET.SubElement(suites, "testsuite", {
         "name": "kplab", "tests": str(len(rep.results)), "failures": str(counts["failed"]),
-        "errors": str(counts["error"]), "skipped": str(counts["skipped"]),
+        "errors": str(counts["error"]), "skipped": str(counts[NA]),
         "time": f"{sum(r.seconds for r in rep.results):.3f}", "timestamp": rep.graded, "hostname": rep.hostname,
     })
     props = ET.SubElement(suite, "properties")
     for name, value in (("learner", rep.learner), ("lab", rep.lab), ("kplab_version", rep.kplab_version),
+                        ("work", rep.work),
                         ("checks", ",".join(f"{k}={v}" for k, v in rep.checks.items()))):
         ET.SubElement(props, "property", {"name": name, "value": value})
     for r in rep.results:
@@ -95,7 +105,7 @@ def to_junit(rep: Report) -> str:
         cprops = ET.SubElement(case, "properties")
         for name, value in (("id", r.id), ("digest", r.digest), ("title", r.title), ("started", r.started)):
             ET.SubElement(cprops, "property", {"name": name, "value": value})
-        tag = {"failed": "failure", "error": "error", "skipped": "skipped"}.get(r.outcome)
+        tag = {"failed": "failure", "error": "error", NA: "skipped"}.get(r.outcome)
         if tag:
             el = ET.SubElement(case, tag, {"message": r.message})
             el.text = f"Hint: {r.hint}" if r.hint and tag != "skipped" else None
@@ -111,7 +121,7 @@ def to_csv(rep: Report) -> str:
         writer.writerow({"learner": rep.learner, "lab": rep.lab, "kplab_version": rep.kplab_version,
                          "graded": rep.graded, "check": r.id, "outcome": r.outcome, "passed": int(r.passed),
                          "seconds": f"{r.seconds:.3f}", "digest": r.digest, "started": r.started,
-                         "message": r.message})
+                         "message": r.message, "hostname": rep.hostname, "work": rep.work})
     return out.getvalue()
 
 
@@ -132,7 +142,7 @@ def _from_json(text: str) -> Report:
     results = [_result(r["id"], r["outcome"], **{k: v for k, v in r.items() if k not in ("id", "outcome")})
                for r in doc["results"]]
     return Report(doc["learner"], doc.get("lab", ""), results, doc.get("kplab_version", "unknown"),
-                  doc.get("graded", ""), doc.get("hostname", ""))
+                  doc.get("graded", ""), doc.get("hostname", ""), doc.get("work", ""), doc.get("notebooks", []))
 
 
 def _from_junit(text: str) -> Report:
@@ -145,7 +155,7 @@ def _from_junit(text: str) -> Report:
     for case in suite.findall("testcase"):
         cprops = {p.get("name"): p.get("value", "") for p in case.findall("properties/property")}
         outcome, message = "passed", ""
-        for tag, name in (("failure", "failed"), ("error", "error"), ("skipped", "skipped")):
+        for tag, name in (("failure", "failed"), ("error", "error"), ("skipped", NA)):
             el = case.find(tag)
             if el is not None:
                 outcome, message = name, el.get("message", "")
@@ -153,7 +163,7 @@ def _from_junit(text: str) -> Report:
         results.append(_result(cid, outcome, message=message, seconds=float(case.get("time") or 0),
                                digest=cprops.get("digest", ""), title=cprops.get("title", "")))
     return Report(props.get("learner", ""), props.get("lab", ""), results, props.get("kplab_version", "unknown"),
-                  suite.get("timestamp", ""), suite.get("hostname", ""))
+                  suite.get("timestamp", ""), suite.get("hostname", ""), props.get("work", ""))
 
 
 def _from_csv(text: str) -> Report:
@@ -164,7 +174,7 @@ def _from_csv(text: str) -> Report:
                        seconds=float(r.get("seconds") or 0), started=r.get("started", "")) for r in rows]
     first = rows[0]
     return Report(first["learner"], first.get("lab", ""), results, first.get("kplab_version", "unknown"),
-                  first.get("graded", ""))
+                  first.get("graded", ""), first.get("hostname", ""), first.get("work", ""))
 
 
 def load(path: Path) -> Report:
@@ -182,36 +192,127 @@ def load(path: Path) -> Report:
     return rep
 
 
-def gradebook(reports: list[Report]) -> str:
-    """One CSV row per learner (their latest report); a column per check; changed checks named."""
-    latest: dict[str, Report] = {}
+def duplicates(reports: list[tuple[Path, Report]]) -> list[str]:
+    """Learner ids that two different machines or work folders handed in (not one learner graded twice)."""
+    seen: dict[str, dict[tuple[str, str], Path]] = {}
+    for path, rep in reports:
+        seen.setdefault(rep.learner, {}).setdefault((rep.hostname, rep.work), path)
+    return [f"{learner!r} in {', '.join(sorted(str(p) for p in where.values()))}"
+            for learner, where in sorted(seen.items()) if len(where) > 1]
+
+
+def latest(reports: list[Report]) -> dict[str, Report]:
+    out: dict[str, Report] = {}
     for rep in sorted(reports, key=lambda r: r.graded):
-        latest[rep.learner] = rep
+        out[rep.learner] = rep
+    return out
+
+
+def gradebook(reports: list[Report]) -> str:
+    """One CSV row per learner (their latest report); a column per check (1, 0, n/a, error); changed checks named."""
+    last = latest(reports)
     current: dict[str, str] = {}  # check id -> digest in the newest report that has it
-    for rep in sorted(latest.values(), key=lambda r: r.graded):
+    for rep in sorted(last.values(), key=lambda r: r.graded):
         current.update({k: v for k, v in rep.checks.items() if v})
-    ids = sorted({r.id for rep in latest.values() for r in rep.results})
+    ids = sorted({r.id for rep in last.values() for r in rep.results})
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(["learner", "kplab_version", "graded", "passed", "total", *ids, "changed_checks"])
-    for learner in sorted(latest):
-        rep = latest[learner]
+    writer.writerow(["learner", "kplab_version", "graded", "passed", "total", "percent", *ids, "changed_checks"])
+    for learner in sorted(last):
+        rep = last[learner]
         by_id = {r.id: r for r in rep.results}
-        cells = [("" if i not in by_id else int(by_id[i].passed)) for i in ids]
+        cells = [_cell(by_id.get(i)) for i in ids]
         changed = [k for k, v in rep.checks.items() if v and current.get(k) not in ("", v)]
-        writer.writerow([learner, rep.kplab_version, rep.graded, rep.passed, len(rep.results), *cells,
+        writer.writerow([learner, rep.kplab_version, rep.graded, rep.passed, rep.applicable, rep.percent, *cells,
                          " ".join(changed)])
     return out.getvalue()
 
 
-def collect(directory: Path, exclude: Path | None = None) -> tuple[str, int]:
-    """The gradebook of every report in `directory` (recursively; not `exclude`), and how many were read."""
+def _cell(r: CheckResult | None) -> str:
+    if r is None:
+        return ""
+    return {"passed": "1", "failed": "0", NA: "n/a"}.get(r.outcome, "error")
+
+
+def class_summary(reports: list[Report]) -> list[dict[str, Any]]:
+    """Per check: how many learners it applied to, how many passed, and the most common failure."""
+    rows = []
+    last = list(latest(reports).values())
+    for cid in sorted({r.id for rep in last for r in rep.results}):
+        mine = [r for rep in last for r in rep.results if r.id == cid]
+        applicable = [r for r in mine if r.applicable]
+        passed = sum(r.passed for r in applicable)
+        messages = Counter(r.message for r in applicable if not r.passed and r.message)
+        common, times = messages.most_common(1)[0] if messages else ("", 0)
+        rows.append({"check": cid, "learners": len(applicable), "passed": passed,
+                     "pass_rate": round(passed / len(applicable), 3) if applicable else "",
+                     "most_common_failure": common, "how_many": times})
+    return rows
+
+
+def summary_csv(rows: list[dict[str, Any]]) -> str:
+    out = io.StringIO()
+    writer = csv.DictWriter(out, ["check", "learners", "passed", "pass_rate", "most_common_failure", "how_many"],
+                            lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return out.getvalue()
+
+
+def summary_text(rows: list[dict[str, Any]]) -> str:
+    lines = [f"{'check':40} {'passed':>9}  most common failure"]
+    for r in rows:
+        rate = f"{r['passed']}/{r['learners']}"
+        lines.append(f"{r['check']:40} {rate:>9}  {r['most_common_failure'][:70]}")
+    return "\n".join(lines)
+
+
+def chart(rows: list[dict[str, Any]], stem: Path) -> list[Path]:
+    """A horizontal bar per check (the class's pass rate) as PNG and SVG; [] without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return []
+    shown = [r for r in rows if r["learners"]]
+    fig, ax = plt.subplots(figsize=(8, 0.3 * len(shown) + 1.2))
+    rates = [100 * float(r["pass_rate"]) for r in shown]
+    ax.barh([r["check"] for r in shown], rates, color=["#d93025" if x < 50 else "#1a73e8" for x in rates])
+    ax.invert_yaxis()
+    ax.set_xlim(0, 100)
+    ax.set_xlabel("% of the class who passed (of those it applied to)")
+    ax.set_title("Which exercise stumped the room")
+    fig.tight_layout()
+    paths = [stem.with_suffix(".png"), stem.with_suffix(".svg")]
+    for p in paths:
+        fig.savefig(p)
+    plt.close(fig)
+    return paths
+
+
+def read_all(directory: Path, exclude: list[Path] | None = None) -> list[tuple[Path, Report]]:
+    """Every report in `directory` (recursively; not the files in `exclude`)."""
     if not directory.is_dir():
         raise CheckError(f"{directory} is not a directory of reports")
-    skip = exclude.resolve() if exclude else None
+    skip = {p.resolve() for p in exclude or []}
     paths = sorted(p for p in directory.rglob("*")
-                   if p.suffix.lower() in (".json", ".xml", ".csv") and p.resolve() != skip)
+                   if p.suffix.lower() in (".json", ".xml", ".csv") and p.resolve() not in skip
+                   and not p.name.endswith(SUMMARY_SUFFIX + ".csv"))
     if not paths:
         raise CheckError(f"no reports (.json, .xml, .csv) in {directory}")
-    reports = [load(p) for p in paths]
-    return gradebook(reports), len(reports)
+    return [(p, load(p)) for p in paths]
+
+
+SUMMARY_SUFFIX = "-checks"
+
+
+def collect(directory: Path, exclude: Path | None = None, allow_shared_ids: bool = False) -> tuple[str, int]:
+    """The gradebook of every report in `directory`, and how many were read; two learners with one id refuse."""
+    found = read_all(directory, [exclude] if exclude else None)
+    dup = duplicates(found)
+    if dup and not allow_shared_ids:
+        raise CheckError("two learners handed in under one id (" + "; ".join(dup) + "): grade them again "
+                         "with --learner NAME, or pass --allow-shared-ids to keep the newest of each")
+    return gradebook([rep for _, rep in found]), len(found)

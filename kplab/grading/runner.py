@@ -33,6 +33,7 @@ import pytest
 from kplab.errors import CheckError
 
 REPO = Path(__file__).resolve().parents[2]
+NA = "not-applicable"  # a check this machine cannot run (no IPVS): left out of the percentage
 
 
 @dataclass
@@ -42,7 +43,7 @@ class CheckResult:
     id: str  # "03-iptables/affinity"
     title: str = ""
     hint: str = ""
-    outcome: str = "error"  # passed | failed | error | skipped; a check that never ran is an error
+    outcome: str = "error"  # passed | failed | error | not-applicable; a check that never ran is an error
     message: str = "did not run"  # the assertion message, or why the check could not run
     seconds: float = 0.0
     digest: str = ""  # first 12 hex of sha256(check source): a changed check shows
@@ -51,6 +52,10 @@ class CheckResult:
     @property
     def passed(self) -> bool:
         return self.outcome == "passed"
+
+    @property
+    def applicable(self) -> bool:
+        return self.outcome != NA
 
     @property
     def notebook(self) -> str:
@@ -150,7 +155,7 @@ class _Collector:
         elif call.when == "teardown" and res.outcome != "passed":
             pass  # keep the first problem
         elif exc.errisinstance(pytest.skip.Exception):
-            res.outcome, res.message = "skipped", str(getattr(exc.value, "msg", exc.value))
+            res.outcome, res.message = NA, str(getattr(exc.value, "msg", exc.value))
         elif call.when == "call" and exc.errisinstance(AssertionError):
             res.outcome, res.message = "failed", _short(exc)
         else:

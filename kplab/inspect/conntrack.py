@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from kplab.errors import EnvironmentProblem, LabError
+from kplab.inspect.labview import LabView
 
 PROTOS = {socket.IPPROTO_TCP: "tcp", socket.IPPROTO_UDP: "udp", socket.IPPROTO_ICMP: "icmp", 132: "sctp"}
 STATUS_BITS = {
@@ -128,9 +129,9 @@ class ServiceMatch:
         return (o.dst, e.proto, o.dport) in self.targets or ("", e.proto, o.dport) in self.targets
 
 
-def service_match(lab: Any, service: str) -> ServiceMatch:
+def service_match(lab: LabView, service: str) -> ServiceMatch:
     """ClusterIP:port, externalIPs:port, LB IPs:port, and nodePort on any node address."""
-    svc = lab._service(service)
+    svc = lab.service(service)
     spec = svc.get("spec") or {}
     ips = [spec.get("clusterIP")] + list(spec.get("externalIPs") or [])
     ips += [
@@ -156,7 +157,7 @@ class Entries(list[Entry]):
         return text(self)
 
 
-def list_entries(lab: Any, node: str, service: str | None = None) -> list[Entry]:
+def list_entries(lab: LabView, node: str, service: str | None = None) -> list[Entry]:
     """A node's entries, only those of `service` when given (sorted: protocol, original tuple)."""
     found = entries(lab.netns(node))
     if service:
@@ -169,7 +170,7 @@ def list_entries(lab: Any, node: str, service: str | None = None) -> list[Entry]
 
 
 def clear(
-    lab: Any, service: str, nodes: Iterable[str] | None = None, protocols: Iterable[str] | None = None
+    lab: LabView, service: str, nodes: Iterable[str] | None = None, protocols: Iterable[str] | None = None
 ) -> int:
     """Delete the Service's entries on `nodes` (default: every node); how many were deleted.
 

@@ -6,7 +6,12 @@ Where the counts come from, per mode (nothing is added to what the mode programs
   nat table sees only a connection's first packet, so it counts new connections;
 * nftables: the `counter` on each endpoint chain's `dnat` rule, when the mode's rules carry
   one (`nft list table ip kube-proxy`);
-* otherwise (IPVS, userspace, nft rules without counters): conntrack, i.e. the Service's
+* userspace: the kernel's rules only REDIRECT to the proxy process, so its counters cannot see
+  past the proxy: the proxy's own count of the connections (TCP) and clients (UDP) it
+  forwarded to each endpoint (its `stats` answer, as `kplab rules NODE` shows it);
+* ebpf: no netfilter rule and (with socket LB) no conntrack entry sees the translation: the
+  BPF programs' own count of new connections per frontend and backend (`kplab_counts`);
+* otherwise (IPVS, nft rules without counters): conntrack, i.e. the Service's
   connections the nodes still remember (TCP TIME_WAIT lasts 120 s, UDP 30 s), by the
   endpoint in each entry's reply tuple.
 
@@ -26,6 +31,7 @@ from typing import Any
 from kplab.cluster.run import run
 from kplab.inspect import conntrack
 from kplab.inspect.explain import explain
+from kplab.inspect.labview import LabView
 
 _NFT_COUNTER = re.compile(r"counter packets (\d+)")
 
@@ -90,9 +96,9 @@ def _iptables_counter(_: str, chain: str, dump: Any = None) -> int | None:
     return rule.packets if rule else None
 
 
-def read(lab: Any, service: str, port: str | None = None) -> Counts:
+def read(lab: LabView, service: str, port: str | None = None) -> Counts:
     """Absolute counts now (see `counting` for differences over a block)."""
-    from kplab.inspect import iptables_save, nft_text
+    from kplab.formats import iptables_save, nft_text
 
     mode = lab.mode
     pods = {p.status.pod_ip: p.metadata.name for p in lab.pods()}
@@ -121,6 +127,12 @@ def read(lab: Any, service: str, port: str | None = None) -> Counts:
 
                 per_node[node] = _from_rules(text, service, port, nft_counter)
                 source = "endpoint chain dnat rule counters, nft list table ip kube-proxy"
+            elif mode == "ebpf":
+                per_node[node] = _from_ebpf(lab, node, service, port)
+                source = "the BPF programs' own count of new connections per backend, kplab_counts"
+            elif mode == "userspace":
+                per_node[node] = _from_proxy(lab, node, service, port)
+                source = "the userspace proxy's own count of what it forwarded; the kernel sees only the proxy"
             else:
                 raise LookupError(mode)
     except LookupError:
@@ -135,11 +147,31 @@ def read(lab: Any, service: str, port: str | None = None) -> Counts:
     return Counts(service, source, dict(total), dict(by_pod), per_node, names)
 
 
-def _from_conntrack(lab: Any, service: str, port: str | None) -> dict[str, dict[str, int]]:
+def _from_proxy(lab: LabView, node: str, service: str, port: str | None) -> dict[str, int]:
+    proxy = lab.rules(node).get("proxy") or {}
+    if not proxy.get("running") or "error" in proxy:
+        raise LookupError(f"{node}: the userspace proxy is not answering")
+    out: Counter[str] = Counter()
+    for svc in proxy.get("services", []):
+        if _matches(svc["name"], service, port):
+            for ep, st in svc.get("endpoints", {}).items():
+                out[ep] += int(st.get("connections", 0))
+    return dict(out)
+
+
+def _from_ebpf(lab: LabView, node: str, service: str, port: str | None) -> dict[str, int]:
+    out: Counter[str] = Counter()
+    for name, eps in lab.proxier(node).counts().items():
+        if _matches(name.rsplit("/", 1)[0], service, port):
+            out.update(eps)
+    return dict(out)
+
+
+def _from_conntrack(lab: LabView, service: str, port: str | None) -> dict[str, dict[str, int]]:
     match = conntrack.service_match(lab, service)
     wanted = None
     if port is not None:
-        p = lab._service_port(service, port)
+        p = lab.service_port(service, port)
         wanted = {int(p["port"]), int(p.get("nodePort") or 0)}
     out: dict[str, dict[str, int]] = {}
     for node in lab.nodes:
@@ -152,7 +184,7 @@ def _from_conntrack(lab: Any, service: str, port: str | None) -> dict[str, dict[
 
 
 @contextlib.contextmanager
-def counting(lab: Any, service: str, port: str | None = None) -> Iterator[Counts]:
+def counting(lab: LabView, service: str, port: str | None = None) -> Iterator[Counts]:
     """Counts during the block: `with counting(lab, "web") as c: lab.curl("client", "web", n=100)`."""
     before = read(lab, service, port)
     result = Counts(service, before.source)

@@ -1,14 +1,15 @@
 """`kplab explain`: a real node's kube-proxy rules, organised by Service.  Pure: no root, no lab.
 
 Give it what a node prints: `iptables-save`, `nft list ruleset` (or kube-proxy's `nft -f`
-transaction) or `ipvsadm -Ln`; the format is detected.  Out comes an `Explanation`: per
+transaction), `ipvsadm -Ln`, or, where no kube-proxy runs, `cilium-dbg bpf lb list` (kplab's
+eBPF mode prints the same); the format is detected.  Out comes an `Explanation`: per
 service port, the hashed chains and which `namespace/name:port` they are, the ClusterIP /
 NodePort / external entries, the endpoints with each one's real share of new connections
 (iptables' probability cascade worked out), affinity, traffic policies, and anomalies
 (no endpoints, chains nothing jumps to, uneven weights, SEPs no SVC reaches).
 
 Names come from the rules themselves (comments, nft chain names), checked by recomputing
-upstream's hashes (`kplab.proxy.naming`).  With `services` (the output of `kubectl get
+upstream's hashes (`kplab.formats.naming`).  With `services` (the output of `kubectl get
 svc,endpointslices -A -o yaml`) they come from the hashes of the listed Service ports, and
 the dump is compared with the listing (ports without rules, endpoints not in any slice).
 
@@ -19,60 +20,20 @@ the dump is compared with the listing (ports without rules, endpoints not in any
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import re
 from pathlib import Path
 
 from kplab.errors import KplabError
-from kplab.inspect import explain_iptables, explain_ipvs, explain_nft, iptables_save, nft_text
+from kplab.formats import iptables_save, nft_text
+from kplab.inspect import explain_ebpf, explain_iptables, explain_ipvs, explain_nft
+from kplab.inspect.catalog import Catalog
 from kplab.inspect.views import Explanation
-from kplab.proxy.core import Endpoint, ServicePort, build_state
-from kplab.proxy.naming import iptables_sep_chain, nft_service_base, port_proto_hash
+from kplab.proxy.core import build_state
+from kplab.proxy.ebpf.view import looks_like as lb_list_looks_like
 
 
 class DumpError(KplabError):
     """A file given to `kplab explain` is not a dump it can read."""
-
-
-@dataclass
-class KnownPort:
-    """One Service port from --services, with the names upstream would give its objects."""
-
-    name: str  # ns/name:port
-    protocol: str  # TCP
-    port: ServicePort
-    endpoints: list[Endpoint]
-
-
-@dataclass
-class Catalog:
-    """Service ports of a cluster, indexed by every name kube-proxy derives from them."""
-
-    ports: list[KnownPort] = field(default_factory=list)
-    by_ipt_hash: dict[str, KnownPort] = field(default_factory=dict)
-    by_sep: dict[str, tuple[KnownPort, Endpoint]] = field(default_factory=dict)
-    by_nft_base: dict[str, KnownPort] = field(default_factory=dict)
-    by_vip: dict[tuple[str, str, int], tuple[KnownPort, str]] = field(default_factory=dict)
-    by_nodeport: dict[tuple[str, int], KnownPort] = field(default_factory=dict)
-
-    def add(self, sp: ServicePort, endpoints: list[Endpoint]) -> None:
-        k = KnownPort(str(sp.name), sp.protocol, sp, endpoints)
-        self.ports.append(k)
-        proto = sp.protocol.lower()
-        self.by_ipt_hash[port_proto_hash(k.name, proto)] = k
-        for ep in endpoints:
-            self.by_sep[iptables_sep_chain(k.name, proto, ep.address)] = (k, ep)
-        base = nft_service_base(sp.name.namespace, sp.name.name, proto, sp.name.port)
-        self.by_nft_base[base] = k
-        self.by_vip[(sp.cluster_ip, sp.protocol, sp.port)] = (k, "ClusterIP")
-        for ip in sp.external_ips:
-            self.by_vip[(ip, sp.protocol, sp.port)] = (k, "ExternalIP")
-        for ip in sp.load_balancer_ips:
-            self.by_vip[(ip, sp.protocol, sp.port)] = (k, "LoadBalancer")
-        if sp.node_port:
-            self.by_nodeport[(sp.protocol, sp.node_port)] = k
-
-    def get(self, name: str, protocol: str) -> KnownPort | None:
-        return next((k for k in self.ports if k.name == name and k.protocol == protocol), None)
 
 
 def load_catalog(source: str | Path) -> Catalog:
@@ -88,6 +49,11 @@ def load_catalog(source: str | Path) -> Catalog:
         raise DumpError(
             f"{source}: no Service objects (expected `kubectl get svc,endpointslices -A -o yaml`)"
         )
+    return catalog_of(services, slices)
+
+
+def catalog_of(services: list, slices: list) -> Catalog:
+    """The catalog of Service and EndpointSlice models (a lab's `services()`, `endpoint_slices()`)."""
     state = build_state(services, slices, node_name="")
     cat = Catalog()
     for spn, sp in sorted(state.services.items()):
@@ -98,6 +64,11 @@ def load_catalog(source: str | Path) -> Catalog:
 def detect(text: str) -> str:
     """ "iptables", "nftables" or "ipvs"; DumpError when it is none of them."""
     if explain_ipvs.looks_like(text):
+        if re.search(r"^Prot LocalAddress:Port\s+(Conns\s+InPkts|CPS\s+InPPS)", text, re.MULTILINE):
+            raise DumpError(
+                "this is `ipvsadm -Ln --stats` (or --rate): counters without schedulers or weights; "
+                "give `ipvsadm -Ln` to explain, and read the counts beside it"
+            )
         return "ipvs"
     if nft_text.looks_like(text):
         if "xt target" in text or "# xt_" in text or "xt match" in text:
@@ -105,7 +76,9 @@ def detect(text: str) -> str:
         return "nftables"
     if iptables_save.looks_like(text):
         return "iptables"
-    raise DumpError("not an iptables-save, nft list ruleset or ipvsadm -Ln dump")
+    if lb_list_looks_like(text):
+        return "ebpf"
+    raise DumpError("not an iptables-save, nft list ruleset, ipvsadm -Ln or cilium-dbg bpf lb list dump")
 
 
 def explain(text: str, catalog: Catalog | None = None, fmt: str | None = None) -> Explanation:
@@ -117,11 +90,13 @@ def explain(text: str, catalog: Catalog | None = None, fmt: str | None = None) -
         ex = explain_nft.read(nft_text.parse(text), catalog)
     elif fmt == "ipvs":
         ex = explain_ipvs.read(explain_ipvs.parse(text), catalog)
+    elif fmt == "ebpf":
+        ex = explain_ebpf.read(text, catalog)
     else:
-        raise DumpError(f"unknown dump format {fmt!r}: iptables, nftables or ipvs")
+        raise DumpError(f"unknown dump format {fmt!r}: iptables, nftables, ipvs or ebpf")
     if catalog:
         _compare(ex, catalog)
-    elif fmt != "ipvs":
+    elif fmt not in ("ipvs", "ebpf"):
         checked = sum("hash checked" in s.name_from for s in ex.services)
         ex.notes.append(
             f"names from the rules; {checked} of {len(ex.services)} checked against upstream's hashes"
@@ -130,11 +105,18 @@ def explain(text: str, catalog: Catalog | None = None, fmt: str | None = None) -
 
 
 def explain_file(path: str | Path, services: str | Path | None = None) -> Explanation:
-    """`kplab explain DUMP [--services FILE]`: errors are one readable line (KplabError)."""
+    """`kplab explain DUMP [--services FILE]` (DUMP `-`: standard input); errors are one readable line."""
     try:
-        text = Path(path).read_text(errors="replace")
+        if str(path) == "-":
+            import sys
+
+            text, path = sys.stdin.read(), "<stdin>"
+        else:
+            text = Path(path).read_text(errors="replace")
     except OSError as e:
         raise DumpError(f"cannot read {path}: {e.strerror}") from None
+    if not text.strip():
+        raise DumpError(f"{path}: empty: give the output of iptables-save, nft list ruleset or ipvsadm -Ln")
     catalog = load_catalog(services) if services else None
     try:
         return explain(text, catalog)
@@ -168,4 +150,13 @@ def _compare(ex: Explanation, catalog: Catalog) -> None:
     ex.notes.append(f"names from --services: {len(catalog.ports)} Service ports listed")
 
 
-__all__ = ["Catalog", "DumpError", "Explanation", "detect", "explain", "explain_file", "load_catalog"]
+__all__ = [
+    "Catalog",
+    "DumpError",
+    "Explanation",
+    "catalog_of",
+    "detect",
+    "explain",
+    "explain_file",
+    "load_catalog",
+]

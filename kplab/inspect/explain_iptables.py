@@ -16,12 +16,12 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING
 
-from kplab.inspect.iptables_save import Dump, Rule
+from kplab.formats.iptables_save import Dump, Rule
+from kplab.formats.naming import IPTABLES_HASH_LEN, iptables_sep_chain, port_proto_hash
 from kplab.inspect.views import EndpointView, Entry, Explanation, ServiceView, cascade_shares, dispatch
-from kplab.proxy.naming import IPTABLES_HASH_LEN, iptables_sep_chain, port_proto_hash
 
 if TYPE_CHECKING:
-    from kplab.inspect.explain import Catalog
+    from kplab.inspect.catalog import Catalog
 
 ROLES = {
     "KUBE-SVC-": "svc",
@@ -325,4 +325,13 @@ class _Reader:
 
 def read(dump: Dump, catalog: Catalog | None = None) -> Explanation:
     """The Explanation of one iptables-save dump (`catalog`: Services from --services)."""
-    return _Reader(dump, catalog).read()
+    ex = _Reader(dump, catalog).read()
+    portals = [r for chain in ("KUBE-PORTALS-CONTAINER", "KUBE-PORTALS-HOST") for r in dump.rules("nat", chain)]
+    if portals:  # the userspace mode: the kernel only REDIRECTs, the proxy process picks the endpoint
+        names = sorted({comment_name(r.comment) or "?" for r in portals})
+        ex.notes.append(
+            f"userspace mode: {len(portals)} KUBE-PORTALS rules redirect {len(names)} Service ports "
+            f"({', '.join(names)}) to the proxy process, which picks the endpoints: "
+            "`kplab rules NODE` shows its table and per-endpoint counts"
+        )
+    return ex

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 from kplab.inspect.views import EndpointView, Entry, Explanation, ServiceView, uneven
 
 if TYPE_CHECKING:
-    from kplab.inspect.explain import Catalog
+    from kplab.inspect.catalog import Catalog
 
 NODEPORT_RANGE = range(30000, 32768)
 WEIGHTED = {"wrr", "wlc", "lblc", "lblcr", "sed", "nq", "mh"}
@@ -128,23 +128,52 @@ def _group_key(vs: VirtualServer, catalog: Catalog | None) -> tuple[str, str, st
     return f"{vs.protocol} {vs.address}", "", "virtual server"
 
 
+EXTERNAL = {"NodePort", "ExternalIP", "LoadBalancer"}
+
+
+def _reals(vs: VirtualServer) -> list[str]:
+    return sorted(r.address for r in vs.reals)
+
+
 def read(servers: list[VirtualServer], catalog: Catalog | None = None) -> Explanation:
     ex = Explanation("ipvs")
-    views: dict[str, ServiceView] = {}
+    groups: dict[str, list[tuple[VirtualServer, str]]] = {}
+    names: dict[str, str] = {}
     for vs in servers:
-        key, name, kind = _group_key(vs, catalog)
-        v = views.get(key)
-        if v is None:
-            v = views[key] = ServiceView(key=key, name=name, protocol=vs.protocol)
-            v.name_from = "--services (address and port)" if name else ""
-            v.endpoints = _shares(vs)
-            v.affinity_seconds = vs.persistent
+        key, names[key], kind = _group_key(vs, catalog)
+        groups.setdefault(key, []).append((vs, kind))
+    for key, members in groups.items():
+        ex.services.append(_view(key, names[key], members, catalog))
+    if not catalog:
+        ex.notes.append("IPVS output names no Services: pass --services to name them")
+    return ex
+
+
+def _view(
+    key: str, name: str, members: list[tuple[VirtualServer, str]], catalog: Catalog | None
+) -> ServiceView:
+    """One Service port from its virtual servers.  The ClusterIP one holds every endpoint; an
+    external one (NodePort, externalIP, LB IP) holding only some of them is externalTrafficPolicy
+    Local (upstream's syncEndpoint gives those only the node's own endpoints)."""
+    base = next((vs for vs, kind in members if kind == "ClusterIP"), members[0][0])
+    v = ServiceView(key=key, name=name, protocol=base.protocol)
+    v.name_from = "--services (address and port)" if name else ""
+    v.endpoints = _shares(base)
+    v.affinity_seconds = base.persistent
+    known = catalog.get(name, base.protocol) if catalog and name else None
+    local = bool(known and known.port.external_policy_local)
+    for vs, kind in members:
         note = f"{vs.scheduler}" + (f" persistent {vs.persistent}" if vs.persistent else "")
         v.entries.append(Entry(kind, vs.address, "", note))
-        if sorted(r.address for r in vs.reals) != sorted(e.address for e in v.endpoints):
-            v.anomalies.append(
-                f"virtual server {vs.address} has other real servers than {v.entries[0].address}"
-            )
+        if kind in EXTERNAL and _reals(vs) != _reals(base) and set(_reals(vs)) < set(_reals(base)):
+            local = True
+            if v.local_endpoints and sorted(e.address for e in v.local_endpoints) != _reals(vs):
+                v.anomalies.append(
+                    f"virtual server {vs.address} has other real servers than the other external ones"
+                )
+            v.local_endpoints = v.local_endpoints or _shares(vs)
+        elif _reals(vs) != _reals(base):
+            v.anomalies.append(f"virtual server {vs.address} has other real servers than {base.address}")
         if not vs.reals:
             v.anomalies.append(
                 f"{vs.address} has no real servers: new connections get no answer (IPVS has no REJECT)"
@@ -154,12 +183,8 @@ def read(servers: list[VirtualServer], catalog: Catalog | None = None) -> Explan
                 v.anomalies.append(
                     f"{r.address} has weight 0: draining (terminating), gets no new connections"
                 )
-    for v in views.values():
-        if any(e.kind == "NodePort" for e in v.entries):
-            v.external_policy = "Cluster"
-        if msg := uneven([e for e in v.endpoints if e.share > 0]):
-            v.anomalies.append(msg)
-    ex.services = list(views.values())
-    if not catalog:
-        ex.notes.append("IPVS output names no Services: pass --services to name them")
-    return ex
+    if any(kind in EXTERNAL for _, kind in members):
+        v.external_policy = "Local" if local else "Cluster"
+    if msg := uneven([e for e in v.endpoints if e.share > 0]):
+        v.anomalies.append(msg)
+    return v

@@ -13,18 +13,23 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING
 
-from kplab.inspect.nft_text import NftChain, NftSet, NftTable, Ruleset, parse_elements
+from kplab.formats.naming import hash_and_truncate
+from kplab.formats.nft_text import NftChain, NftSet, NftTable, Ruleset, parse_elements
 from kplab.inspect.views import EndpointView, Entry, Explanation, ServiceView, dispatch
-from kplab.proxy.naming import hash_and_truncate
 
 if TYPE_CHECKING:
-    from kplab.inspect.explain import Catalog
+    from kplab.inspect.catalog import Catalog
 
 ROLES = {"service": "svc", "local": "local", "external": "external", "firewall": "firewall"}
 _CHAIN = re.compile(r"^(service|local|external|firewall|endpoint)-([A-Z2-7]{8})-(.+)$")
 _JUMP = re.compile(r'\b(?:goto|jump)\s+"?([^\s,}"]+)')
 _NUMGEN = re.compile(r"numgen\s+random\s+mod\s+(\d+)\s+vmap\s+(\{.*\})")
 _DNAT = re.compile(r"\bdnat\s+(?:ip6?\s+)?to\s+(\S+)")
+# Statements that neither match nor decide: what a rule may carry before (or after) its verdict.
+_NOT_MATCHES = re.compile(
+    r'\bcounter(?:\s+packets\s+\d+\s+bytes\s+\d+)?|\bcomment\s+"[^"]*"|\bmeta\s+nftrace\s+set\s+1'
+    r'|\blog(?:\s+(?:prefix\s+"[^"]*"|level\s+\S+|group\s+\d+|flags\s+\S+))*|#\s*handle\s+\d+'
+)
 
 
 NO_SET, NO_CHAIN = NftSet(""), NftChain("")  # read-only stand-ins for absent maps and chains
@@ -43,6 +48,15 @@ def service_port_name(base: str) -> tuple[str, str]:
         return "", ""
     ns, name, proto, port = parts
     return f"{ns}/{name}" + (f":{port}" if port else ""), proto.upper()
+
+
+def matches_of(rule: str) -> str:
+    """The rule without its counters, comments, nftrace and log statements: what it matches and decides.
+
+    >>> matches_of('counter packets 3 bytes 180 goto service-X comment "c"')
+    'goto service-X'
+    """
+    return " ".join(_NOT_MATCHES.sub(" ", rule).split())
 
 
 def _target(value: str) -> str:
@@ -201,7 +215,7 @@ class _Reader:
             return
         v.external_policy = "Cluster"
         rules = self.t.chains.get(v.chains.get("external", ""), NO_CHAIN).rules
-        unconditional = [r for r in rules if re.fullmatch(r'goto\s+"?service-\S+', r.strip())]
+        unconditional = [r for r in rules if re.fullmatch(r'goto\s+"?service-\S+', matches_of(r))]
         if any("local-" in _target(r) for r in rules) or (rules and not unconditional):
             v.external_policy = "Local"
 

@@ -2,13 +2,15 @@
 
 The kernel traces the packet itself; kplab only asks it to, for this one flow, and reads back:
 
-* iptables and userspace modes (iptables-nft): a temporary `-j TRACE` rule in the raw table
+* iptables and userspace modes, and no mode at all (a learner's own rules; iptables-nft): a temporary `-j TRACE` rule in the raw table
   of every node, matching only this flow (protocol, client address and a source port kplab
   picked), read with `xtables-monitor --trace`;
 * nftables mode: a temporary table of kplab's own whose chain (hooked before raw) sets
   `meta nftrace set 1` for this flow, read with `nft monitor trace`;
 * IPVS mode (its virtual servers are not netfilter rules): the conntrack entry of the flow,
-  original tuple = virtual server, reply tuple = real server.
+  original tuple = virtual server, reply tuple = real server;
+* eBPF (the kube-proxy replacement): the programs log every decision in their kplab_log map;
+  the entry of this flow names the hook (connect() or a tc program) and the map slots used.
 
 Every temporary rule, table and monitor process is removed afterwards, also on error.  For
 TCP only the SYN is traced: it alone goes through the NAT chains.  The result names each
@@ -21,7 +23,6 @@ that answered (the echo workload says who it is), and checks the two agree:
 from __future__ import annotations
 
 import contextlib
-import ipaddress
 import json
 import random
 import secrets
@@ -37,9 +38,10 @@ from kplab.cluster.netns import entered
 from kplab.cluster.run import netns_argv, run
 from kplab.errors import EnvironmentProblem, LabError
 from kplab.inspect import conntrack
-from kplab.inspect.trace_parse import Hop, decision, packet_summary, parse_nft, parse_xtables
+from kplab.inspect.labview import LabView
+from kplab.inspect.trace_parse import Hop, decision, packet_summary, parse_nft, parse_xtables, visits
 
-XT_TRACER = ("iptables", "userspace")
+XT_TRACER = ("iptables", "userspace", "none")  # none: the rules a learner wrote by hand (01)
 NFT_TRACER = ("nftables",)
 HELPERS = {
     "KUBE-MARK-MASQ": "mark for SNAT",
@@ -66,6 +68,8 @@ class Trace:
     conntrack: list[conntrack.Entry] = field(default_factory=list)
     consistent: bool | None = None  # the backend in the NAT decision is the one that answered
     notes: list[str] = field(default_factory=list)
+    id: str = ""  # kept in the lab under this id: answers to questions refer to it (kplab.course)
+    at: float = 0.0
 
     @property
     def backend(self) -> str:
@@ -85,7 +89,7 @@ class Trace:
             f"{self.proto} {self.client} -> {self.destination}   ({self.frm} -> {self.target}, mode {self.mode})"
         ]
         if self.path:
-            out += ["", f"path on {self.decided_on}:", "  " + " -> ".join(self.path)]
+            out += ["", f"path on {self.decided_on}:" if self.decided_on else "path:", "  " + " -> ".join(self.path)]
         if self.answer:
             a = self.answer
             out.append(
@@ -99,19 +103,32 @@ class Trace:
             agree = "agree" if self.consistent else "DISAGREE"
             out.append(f"{'' if self.consistent else '! '}{what} and the answering backend {agree}")
         out += [f"note: {n}" for n in self.notes]
-        last = None
         if self.hops:
             out += ["", "every rule the packet met:"]
-        for h in self.hops:
-            if (h.node, h.visit) != last:
-                out.append(f"  [{h.node}] {packet_summary(h.packet)}")
-                last = (h.node, h.visit)
-            what = f"{h.verdict} {h.target}".strip()
-            note = f"  ({h.note})" if h.note else ""
-            out.append(f"    {h.table}:{h.chain}  {what}{note}")
+        blocks = [
+            [f"  [{v.node}] {packet_summary(v.packet)}"]
+            + [f"    {h.table}:{h.chain}  {f'{h.verdict} {h.target}'.strip()}{f'  ({h.note})' if h.note else ''}"
+               for h in v.hops]
+            for v in visits(self.hops)
+        ]
+        period, times = _repeats(blocks)
+        for block in blocks[:period]:
+            out += block
+        if times > 1:
+            again = "once more" if times == 2 else f"{times - 1} more times"
+            out.append(f"  (then the same again, {again}: the client sent this packet {times} times, unanswered)")
         if self.conntrack:
             out += ["", "conntrack:"] + [f"  {e.text()}" for e in self.conntrack]
         return "\n".join(out)
+
+
+def _repeats(blocks: list[list[str]]) -> tuple[int, int]:
+    """(p, n): the blocks are their first p repeated n times (a retransmitted SYN meets the same
+    rules each time); (len, 1) when they are not."""
+    for p in range(1, len(blocks) // 2 + 1):
+        if len(blocks) % p == 0 and all(blocks[i] == blocks[i - p] for i in range(p, len(blocks))):
+            return p, len(blocks) // p
+    return len(blocks), 1
 
 
 # ------------------------------------------------------------------------------------ monitors
@@ -276,14 +293,12 @@ def _connect(netns: str, flow: Flow, timeout: float) -> tuple[dict[str, Any] | N
     return out.get("answer"), out.get("error", "" if "answer" in out else "timed out")
 
 
-def _client(lab: Any, frm: str) -> tuple[str, list[str]]:
+def _client(lab: LabView, frm: str) -> tuple[str, list[str]]:
     """(client IP or "" for a node, hooks where its packets enter a node)."""
-    data = lab.data or lab._load()
-    if frm in data["nodes"]:
+    if frm in lab.nodes:
         return "", ["OUTPUT", "PREROUTING"]
     if frm == "outside":
-        net = ipaddress.ip_network(data["network"]["node_cidr"])
-        return str(net.network_address + 100), ["PREROUTING"]
+        return lab.outside_ip(), ["PREROUTING"]
     return lab.pod_ip(frm), ["PREROUTING"]
 
 
@@ -301,7 +316,7 @@ def _free_port(netns: str, proto: str) -> int:
     raise LabError(f"no free source port in {netns}")
 
 
-def _labels(lab: Any, node: str, mode: str) -> dict[str, str]:
+def _labels(lab: LabView, node: str, mode: str) -> dict[str, str]:
     """Chain -> "ns/name:port" or "ip:port (pod)" from the node's own rules, through explain."""
     from kplab.inspect.explain import explain
 
@@ -324,7 +339,14 @@ def _labels(lab: Any, node: str, mode: str) -> dict[str, str]:
     return out
 
 
-def trace(lab: Any, frm: str, target: str, timeout: float = 3.0) -> Trace:
+def _is_cluster_ip(lab: LabView, target: str, ip: str) -> bool:
+    try:
+        return lab.service_ip(target.split(":")[0]) == ip
+    except LabError:
+        return False
+
+
+def trace(lab: LabView, frm: str, target: str, timeout: float = 3.0) -> Trace:
     """Send one connection from `frm` to `target` and return its path (see the module docstring)."""
     mode = lab.mode
     ip, port, proto = lab.resolve(target)
@@ -343,7 +365,14 @@ def trace(lab: Any, frm: str, target: str, timeout: float = 3.0) -> Trace:
             for node in lab.nodes:
                 node_hooks = hooks if node == frm else ["PREROUTING"]
                 monitors[node] = stack.enter_context(tracer(lab.netns(node), flow, node_hooks, token))
-        res.answer, res.error = _connect(client_ns, flow, timeout)
+        started = time.monotonic_ns()  # CLOCK_MONOTONIC, as bpf_ktime_get_ns()
+        cgroup = lab.client_cgroup(frm) if mode == "ebpf" else None
+        if cgroup:  # the eBPF mode's socket hooks see only processes in the node's cgroup
+            from kplab.cluster.client import in_cgroup
+
+            res.answer, res.error = in_cgroup(cgroup, lambda: _connect(client_ns, flow, timeout))
+        else:
+            res.answer, res.error = _connect(client_ns, flow, timeout)
         if monitors:
             _settle(list(monitors.values()))
         raw = {n: list(m.lines) for n, m in monitors.items()}
@@ -360,16 +389,29 @@ def trace(lab: Any, frm: str, target: str, timeout: float = 3.0) -> Trace:
         labels.update(_labels(lab, node, mode))
     for h in res.hops:
         h.note = labels.get(h.chain, "")
+    seen_dnat_on = res.decided_on  # the node whose conntrack holds the flow's DNAT (IPVS: no DNAT rule)
     res.path, res.nat, res.decided_on = decision(res.hops, labels)
-    if tracer is None:
+    res.decided_on = res.decided_on or seen_dnat_on
+    if mode == "ebpf":
+        from kplab.proxy.ebpf.view import explain_decision
+
+        res.path, res.nat, res.decided_on, notes = explain_decision(lab, flow, started)
+        if not res.path and frm == "outside" and _is_cluster_ip(lab, target, ip):
+            notes = [f"no node saw this packet: nothing routes {ip} (a ClusterIP) from {frm} to a node"]
+        res.notes += notes
+    elif tracer is None:
         _path_from_conntrack(res)
     elif not res.hops:
         res.notes.append(f"no node saw this packet: nothing routes {ip} from {frm} to a node")
     _judge(res, mode)
+    res.id, res.at = token, time.time()
+    from kplab.inspect.kept import keep_trace
+
+    keep_trace(lab, res.to_dict())
     return res
 
 
-def _conntrack(lab: Any, res: Trace, flow: Flow) -> None:
+def _conntrack(lab: LabView, res: Trace, flow: Flow) -> None:
     """The flow's entries on every node, and the proxy's own connection in userspace mode.
 
     The backend's answer names the source it saw, which identifies the proxy's connection.

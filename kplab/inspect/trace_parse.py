@@ -28,6 +28,14 @@ NFT_VERDICTS = {
 }
 _XT_TRACE = re.compile(r"^\s*TRACE:\s+\d+\s+(\S+)\s+([^:\s]+):(\S+?):(rule|return|policy):?(\S*)\s*(.*)$")
 _NFT_LINE = re.compile(r"^trace id (\S+) (\S+) (\S+) (\S+) (packet|rule|verdict|policy)\b:?\s*(.*)$")
+_COMMENT = re.compile(r'(--comment|comment) "[^"]*"')
+_REJECTS = re.compile(r"(-j REJECT\b|(^|\s)reject(\s|$))")
+
+
+def _verdict(verdict: str, rule: str) -> str:
+    """The kernel traces a REJECT rule's verdict as DROP (it sends the RST or ICMP error, then
+    drops the packet); the learner's client saw "refused", so the trace says REJECT."""
+    return "REJECT" if verdict == "DROP" and _REJECTS.search(_COMMENT.sub("", rule)) else verdict
 _NAT = re.compile(
     r"(?:-j DNAT --to-destination|\bdnat (?:ip )?to)\s+(\S+)|-j (REDIRECT) --to-ports (\S+)|\bredirect to :?(\S+)"
 )
@@ -111,7 +119,7 @@ def parse_xtables(lines: list[str], node: str = "") -> list[Hop]:
         if kind == "rule":
             # rule:<handle>:<verdict>[:<target>]
             verdict = parts[1] if len(parts) > 1 else ""
-            verdict = NFT_VERDICTS.get(verdict, verdict)
+            verdict = _verdict(NFT_VERDICTS.get(verdict, verdict), text)
             target = parts[2] if len(parts) > 2 else ""
         elif kind == "policy":
             verdict, target = f"policy {parts[0] if parts else ''}".strip(), ""
@@ -146,6 +154,7 @@ def parse_nft(lines: list[str], node: str = "", skip_table: str = "") -> list[Ho
             verdict = vm.group(1).upper() if vm else ""
             target = vm.group(2) if vm and vm.group(2) else ""
             text = rest[: vm.start()].strip() if vm else rest.strip()
+            verdict = _verdict(verdict, text)
         elif kind == "policy":
             verdict, target, text = f"policy {rest.strip().upper()}", "", ""
         else:
@@ -187,12 +196,17 @@ def decision(hops: list[Hop], labels: dict[str, str] | None = None) -> tuple[lis
         )
         if last is None:
             continue
-        path = []
+        stack: list[str] = []  # the chains the packet is in at `last`: a chain it returned from is off the path
         for h in v.hops:
+            if h.chain in stack:
+                del stack[len(stack) - stack[::-1].index(h.chain):]
+            else:
+                stack.append(h.chain)
             if h is last:
                 break
             if h.verdict in ("JUMP", "GOTO") and h.target:
-                path.append(f"{h.target} ({labels[h.target]})" if labels.get(h.target) else h.target)
+                stack.append(h.target)
+        path = [f"{c} ({labels[c]})" if labels.get(c) else c for c in stack[1:]]
         final = last.nat or f"{last.verdict or 'end'} in {last.chain}"
         who = _comment_name(last.rule)
         if who and not (last.note or labels.get(last.chain)):

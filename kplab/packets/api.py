@@ -33,8 +33,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Self
 
-from kplab.cluster.store import stop_pid
+from kplab.cluster.run import NETNS_DIR
+from kplab.cluster.store import spawn_detached, stop_pid
 from kplab.errors import KplabError, LabError
+from kplab.inspect.labview import LabView
 
 MARKER = "kplab.packets.helper"
 IDLE_SECONDS = 300.0
@@ -97,10 +99,12 @@ class Reply:
             line += "\n         " + ", ".join(fields)
             if a.get("payload"):
                 line += f"\npayload  {a['payload'].strip()}"
+            if a.get("note"):
+                line += f"\nnote     {a['note']}"
         return line
 
 
-def _paths(lab: Any, name: str) -> tuple[Path, Path, Path]:
+def _paths(lab: LabView, name: str) -> tuple[Path, Path, Path]:
     d = lab.store.dir / "packets"
     d.mkdir(parents=True, exist_ok=True)
     stem = name if len(name) <= 40 else hashlib.sha256(name.encode()).hexdigest()[:16]
@@ -129,7 +133,7 @@ def _read_line(f: Any) -> dict[str, Any]:
 class Packets:
     """A namespace's scapy helper: `syn`, `udp`, `icmp`; started on first use."""
 
-    def __init__(self, lab: Any, name: str) -> None:
+    def __init__(self, lab: LabView, name: str) -> None:
         self.lab = lab
         self.name = name
         self.netns = lab.netns(name)
@@ -149,8 +153,6 @@ class Packets:
 
     def start(self) -> Packets:
         """Make sure the helper runs (one per namespace, even with concurrent callers)."""
-        from kplab.lab import spawn_detached
-
         if self._alive():
             return self
         with open(self.lockfile, "w") as lock:
@@ -160,7 +162,7 @@ class Packets:
             self._stop_recorded()
             argv = [
                 shutil.which("nsenter") or "nsenter",
-                f"--net=/run/netns/{self.netns}",
+                f"--net={NETNS_DIR}/{self.netns}",
                 "--",
                 sys.executable,
                 "-m",
@@ -286,7 +288,7 @@ class Capture:
 
 
 def capture(
-    lab: Any, name: str, filter: str = "", count: int = 10, timeout: float = 5.0, iface: str | None = None
+    lab: LabView, name: str, filter: str = "", count: int = 10, timeout: float = 5.0, iface: str | None = None
 ) -> Capture:
     """Start capturing in `name`'s namespace (every interface unless `iface`); returns once it runs.
 
@@ -312,12 +314,12 @@ def capture(
     return cap
 
 
-def packets(lab: Any, name: str) -> Packets:
+def packets(lab: LabView, name: str) -> Packets:
     """The packet tool of one namespace (a pod, a node or `outside`)."""
     return Packets(lab, name)
 
 
-def stop_all(lab: Any) -> None:
+def stop_all(lab: LabView) -> None:
     """Stop every scapy helper of the lab."""
     d = lab.store.dir / "packets"
     for pidfile in sorted(d.glob("*.pid")) if d.is_dir() else []:
@@ -326,24 +328,23 @@ def stop_all(lab: Any) -> None:
         pidfile.unlink(missing_ok=True)
 
 
-def _target(lab: Any, target: str, kind: str) -> tuple[str, int, str]:
+def _target(lab: LabView, target: str, kind: str) -> tuple[str, int, str]:
     """(ip, port, proto): Service targets via lab.resolve; for ICMP also pod, node or bare IP names."""
     if kind == "icmp":
         with contextlib.suppress(ValueError):
             return str(ipaddress.ip_address(target)), 0, "icmp"
-        data = lab.data or lab._load()
-        if target in data["nodes"]:
+        if target in lab.nodes:
             return lab.node_ip(target), 0, "icmp"
         with contextlib.suppress(LabError):
             return lab.pod_ip(target), 0, "icmp"
         with contextlib.suppress(LabError):
             return lab.service_ip(target.split(":")[0]), 0, "icmp"
         raise LabError(f"icmp target {target!r}: give a pod, node, Service or IP")
-    return lab.resolve(target)
+    return lab.resolve(target, "udp" if kind == "udp" else "tcp")  # type: ignore[no-any-return]
 
 
 @contextlib.contextmanager
-def session(lab: Any, *names: str) -> Iterator[list[Packets]]:
+def session(lab: LabView, *names: str) -> Iterator[list[Packets]]:
     """Helpers for several namespaces, stopped on exit: `with session(lab, "client") as (c,): ...`."""
     tools = [Packets(lab, n).start() for n in names]
     try:

@@ -23,6 +23,7 @@ import json
 import os
 import random
 import signal
+import socket
 import socketserver
 import sys
 import threading
@@ -31,6 +32,8 @@ from typing import Any
 
 from scapy.all import (  # type: ignore[attr-defined]
     ARP,
+    ETH_P_ALL,
+    ETH_P_IP,
     ICMP,
     IP,
     TCP,
@@ -48,8 +51,9 @@ from scapy.all import (  # type: ignore[attr-defined]
     UDPerror,
     conf,
     get_if_list,
-    sr1,
 )
+
+from kplab.cluster.run import NETNS_DIR
 
 VERSION = str(os.path.getmtime(__file__))  # the client restarts a helper running older code
 conf.verb = 0
@@ -96,6 +100,68 @@ def describe(p: Packet) -> dict[str, Any]:
     return out
 
 
+class StampedL3(L3RawSocket):  # type: ignore[misc]
+    """scapy's L3 raw socket, keeping the kernel's timestamp of each frame we send.
+
+    Its receiving half is a packet socket with SO_TIMESTAMPNS: the kernel stamps the answer
+    when it arrives and, for an ETH_P_ALL socket, hands it a stamped copy of every outgoing
+    frame (which scapy drops).  Keeping those copies gives the send time from the same clock, taken when the
+    frame left for the device, not when Python called sendto.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(type=ETH_P_ALL)  # only ETH_P_ALL taps see frames going out (ptype_all)
+        self.outgoing: list[tuple[bytes, Any, float | None]] = []
+        self.incoming: list[tuple[bytes, Any, float | None]] = []
+
+    def _recv_raw(self, sock: Any, x: int) -> tuple[bytes, Any, float | None]:
+        data, sa_ll, ts = super()._recv_raw(sock, x)
+        if data and sa_ll[1] == ETH_P_IP:
+            seen = self.outgoing if sa_ll[2] == socket.PACKET_OUTGOING else self.incoming
+            if len(seen) < 64:
+                seen.append((data, sa_ll, ts))
+        return data, sa_ll, ts
+
+    @staticmethod
+    def _ip(data: bytes, sa_ll: Any) -> Any:
+        return (Ether(data) if sa_ll[3] == 1 else IP(data)).getlayer(IP)  # ARPHRD_ETHER, else a bare IP device
+
+    def own_frame(self, pkt: Packet) -> tuple[Any, float | None]:
+        """Our packet as it left (a node's own rules may have DNATed and masqueraded it on the way):
+        found by what NAT keeps, the TCP sequence number, the UDP payload, the ICMP id."""
+        mine = pkt[IP].payload
+        for data, sa_ll, ts in self.outgoing:
+            ip = self._ip(data, sa_ll)
+            if ip is None or ip.proto != pkt[IP].proto:
+                continue
+            theirs = ip.payload
+            if ((isinstance(mine, TCP) and isinstance(theirs, TCP) and theirs.seq == mine.seq and theirs.flags.S)
+                    or (isinstance(mine, UDP) and isinstance(theirs, UDP)
+                        and bytes(theirs.payload) == bytes(mine.payload))
+                    or (isinstance(mine, ICMP) and isinstance(theirs, ICMP) and theirs.id == mine.id
+                        and theirs.type == 8)):
+                return ip, ts
+        return None, None
+
+    def sent_time(self, pkt: Packet) -> float | None:
+        """The kernel's timestamp of `pkt`'s frame on its way out (None if it was not seen)."""
+        return self.own_frame(pkt)[1]
+
+    def untranslated_answer(self, pkt: Packet) -> Packet | None:
+        """On a node that NATs its own connections, the pod's reply as it arrives, before conntrack
+        turns it back: the reverse of our frame as it left (scapy, matching the ClusterIP, misses it)."""
+        out, _ = self.own_frame(pkt)
+        if out is None or not isinstance(out.payload, (TCP, UDP)) or out.dst == pkt[IP].dst:
+            return None
+        for data, sa_ll, ts in self.incoming:
+            ip = self._ip(data, sa_ll)
+            if (ip is not None and ip.proto == out.proto and (ip.src, ip.dst) == (out.dst, out.src)
+                    and (ip.payload.sport, ip.payload.dport) == (out.payload.dport, out.payload.sport)):
+                ip.time = ts if ts is not None else ip.time
+                return ip
+        return None
+
+
 def send(req: dict[str, Any]) -> dict[str, Any]:
     kind, dst = req["kind"], req["dst"]
     sport = int(req.get("sport") or random.randint(40000, 59999))
@@ -112,17 +178,25 @@ def send(req: dict[str, Any]) -> dict[str, Any]:
         pkt = IP(dst=dst) / ICMP(id=sport & 0xFFFF, seq=1)
     else:
         return {"ok": False, "error": f"unknown packet kind {kind!r}: syn, udp or icmp"}
-    start = time.monotonic()
-    answer = sr1(pkt, timeout=timeout)
-    rtt = (time.monotonic() - start) * 1000
+    sock = StampedL3()
+    try:
+        answer = sock.sr1(pkt, timeout=timeout)
+        kernel_sent = sock.sent_time(pkt)
+        natted = sock.untranslated_answer(pkt) if answer is None else None
+    finally:
+        sock.close()
     sent = describe(pkt)
-    sent["time"] = time.time()
-    return {
-        "ok": True,
-        "sent": sent,
-        "answer": describe(answer) if answer is not None else None,
-        "rtt_ms": round(rtt, 3) if answer is not None else None,
-    }
+    sent["time"] = kernel_sent if kernel_sent is not None else float(pkt.sent_time)
+    sent["time_source"] = "kernel" if kernel_sent is not None else "scapy, before sendto"
+    out = describe(answer if answer is not None else natted) if answer is not None or natted is not None else None
+    if natted is not None and out is not None:
+        out["note"] = (f"seen before conntrack undid this namespace's NAT: {natted.src} answered for {dst} "
+                       f"(a program here sees the answer come from {dst}:{pkt[IP].payload.dport})")
+    rtt = None
+    if out is not None:
+        out["time_source"] = "kernel"  # SO_TIMESTAMPNS on scapy's packet socket
+        rtt = round((out["time"] - sent["time"]) * 1000, 3)
+    return {"ok": True, "sent": sent, "answer": out, "rtt_ms": rtt}
 
 
 class Handler(socketserver.StreamRequestHandler):
@@ -183,7 +257,7 @@ class Server(socketserver.ThreadingUnixStreamServer):
 
     def __init__(self, path: str, netns: str, idle: float) -> None:
         super().__init__(path, Handler)
-        self.netns_path = f"/run/netns/{netns}"
+        self.netns_path = f"{NETNS_DIR}/{netns}"
         self.idle = idle
         self.busy = 0
         self.last = time.monotonic()

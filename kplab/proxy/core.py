@@ -7,21 +7,20 @@ programs the kernel from those maps.  This module is that layer for kplab:
     V1Service + discovery/v1 EndpointSlice  --build_state()-->  ProxyState (one node)
     ProxyState --categorize_endpoints()--> cluster / local endpoints (upstream's topology.go,
                                            topology hints included)
-    ProxyState --fingerprints()--> which services changed since the last sync (partial syncs)
+    (which Services changed since the last sync: kplab.proxy.tracker, for partial syncs)
 
 Everything here is pure: no kernel, no root.  Modes import it; nothing here imports a mode.
 """
 
 from __future__ import annotations
 
-import hashlib
 import ipaddress
-import json
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 from kplab.errors import KplabError
+from kplab.formats.ipv4 import sloppy_ipv4, sloppy_ipv4_cidr
 
 DEFAULT_AFFINITY_SECONDS = 10800  # v1.DefaultClientIPServiceAffinitySeconds
 MASQ_MARK = "0x4000"  # 1 << masqueradeBit(14), formatted "%#08x" as upstream
@@ -112,6 +111,11 @@ class ProxyState:
     nodeport_addresses: tuple[str, ...] = ()  # () = all local addresses (iptables default)
     masquerade_all: bool = False
     localhost_nodeports: bool = True  # iptables mode's default (route_localnet)
+    # the local-traffic detector (kplab.proxy.localdetect): --detect-local-mode and its values
+    detect_local_mode: str = "ClusterCIDR"
+    node_cidr: str = ""  # this node's podCIDR (NodeCIDR)
+    pod_bridge_interface: str = ""  # BridgeInterface
+    pod_interface_name_prefix: str = ""  # InterfaceNamePrefix
     services: dict[ServicePortName, ServicePort] = field(default_factory=dict)
     endpoints: dict[ServicePortName, list[Endpoint]] = field(default_factory=dict)
 
@@ -210,24 +214,6 @@ def endpoint_sort_key(e: Endpoint) -> str:
     return e.address
 
 
-def fingerprints(state: ProxyState) -> dict[str, str]:
-    """A digest per service port (its spec and endpoints), to find what changed between syncs.
-
-    Upstream's change trackers keep previous/current pairs; comparing digests of the two
-    syncs gives the same answer: the set of services whose chains must be rewritten.
-    """
-    out: dict[str, str] = {}
-    for key, svc in state.services.items():
-        blob = json.dumps([asdict(svc), [asdict(e) for e in state.endpoints_of(key)]], sort_keys=True)
-        out[f"{key}/{key.protocol}"] = hashlib.sha256(blob.encode()).hexdigest()[:16]
-    return out
-
-
-def changed_services(previous: dict[str, str], current: dict[str, str]) -> set[str]:
-    """Keys of services added, removed or modified between two fingerprint maps."""
-    return {k for k in previous.keys() | current.keys() if previous.get(k) != current.get(k)}
-
-
 # ---------------------------------------------------------------------------------------------
 # From Kubernetes objects (kubernetes client models) to ProxyState.
 # ---------------------------------------------------------------------------------------------
@@ -288,24 +274,6 @@ def service_ports(svc: Any) -> list[ServicePort]:
             )
         )
     return out
-
-
-def sloppy_ipv4(text: str) -> str | None:
-    """An IPv4 address read as upstream's ParseIPSloppy reads it ("10.180.00.001" -> "10.180.0.1");
-    None for anything else (another family, garbage)."""
-    parts = text.strip().split(".")
-    if len(parts) != 4 or not all(p.isdigit() and int(p) < 256 for p in parts):
-        return None
-    return ".".join(str(int(p)) for p in parts)
-
-
-def sloppy_ipv4_cidr(text: str) -> str | None:
-    """An IPv4 CIDR as ParseCIDRSloppy reads it, canonical ("203.0.113.000/025" -> "203.0.113.0/25")."""
-    addr, _, bits = text.strip().partition("/")
-    ip = sloppy_ipv4(addr)
-    if ip is None or not bits.isdigit() or int(bits) > 32:
-        return None
-    return str(ipaddress.ip_network(f"{ip}/{int(bits)}", strict=False))
 
 
 def _ipv4s(addrs: Iterable[str]) -> tuple[str, ...]:

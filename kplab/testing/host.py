@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import os
 import subprocess
+from collections.abc import Callable
+
+from kplab.cluster.run import NETNS_DIR
 
 
 def host_snapshot() -> dict[str, str]:
@@ -19,7 +22,26 @@ def host_snapshot() -> dict[str, str]:
         "iptables": "\n".join(l for l in out("iptables-save").splitlines() if not l.startswith("#")),
         "ip6tables": "\n".join(l for l in out("ip6tables-save").splitlines() if not l.startswith("#")),
         "nft": out("nft", "list", "ruleset"),
-        "netns": "\n".join(sorted(os.listdir("/run/netns"))) if os.path.isdir("/run/netns") else "",
+        "netns": "\n".join(sorted(os.listdir(NETNS_DIR))) if os.path.isdir(NETNS_DIR) else "",
+        **_bpf_snapshot(out),
+    }
+
+
+def _bpf_snapshot(out: Callable[..., str]) -> dict[str, str]:
+    """The eBPF mode's traces: tc qdiscs here, bpffs mounts, the cgroup v2 root's programs, and
+    this state root's lab cgroups (other sessions' labs on the same host have other suffixes)."""
+    from kplab.proxy.ebpf.kernel import cgroup2_root, lab_cgroup
+
+    with open("/proc/self/mounts") as f:
+        mounts = [line for line in f.read().splitlines() if line.split()[2:3] == ["bpf"]]
+    root = cgroup2_root()
+    suffix = lab_cgroup("x").name.split(".", 1)[1] if root is not None else ""  # type: ignore[union-attr]
+    ours = sorted(p.name for p in root.iterdir() if p.name.endswith("." + suffix)) if root else []
+    return {
+        "tc": out("tc", "qdisc", "show"),
+        "bpffs": "\n".join(mounts),
+        "cgroup2 root": out("bpftool", "cgroup", "show", str(root)) if root else "",
+        "lab cgroups": "\n".join(ours),
     }
 
 

@@ -23,7 +23,26 @@
 # | 05 nftables | verdict maps and `numgen` (GA since 1.33) |
 # | 06 modes compared | the same measurements for every mode, on your machine |
 # | 07 traffic policies | who sees which source IP, and `Local` policies |
-# | 08 troubleshooting | broken Services to diagnose and repair |
+# | 08 troubleshooting | broken Services to diagnose and repair, with the kernel's trace |
+# | 09 capstone | an unfamiliar node: explain, repair, migrate to nftables, prove it (graded) |
+# | 10 eBPF | no kube-proxy at all: Services as BPF maps, Cilium-style |
+
+# %% [markdown]
+# **Before you start.** Prerequisites: none: a Linux machine where you are root (`make lab`). Time: about 15 minutes.
+# Previous: none, this is the first. Next: [01 · a Service before any proxy](01-before-proxy.ipynb).
+# The first code cell puts the lab in this notebook's starting state (run it again to start
+# over). After a kernel restart, do not re-run it: `from kplab.notebook import resume; resume()`
+# gives you its names back and the lab as you left it.
+#
+# What this notebook does from Python, and the same from a terminal and on a real cluster:
+#
+# | in the notebook | from a terminal | on a real cluster |
+# |---|---|---|
+# | `lab.curl("client", "web:80", n=10)` | `kplab curl client web:80 -n 10` | `kubectl exec client -- curl -s web` |
+# | `lab.scale(NAME, N)` | `kplab scale deployment NAME --replicas N` | `kubectl scale deployment NAME --replicas N` |
+# | `lab.apply(FILE)` | `kplab apply -f FILE` | `kubectl apply -f FILE` |
+# | `lab.set_mode(MODE)` | `kplab mode MODE` | `kubectl edit cm kube-proxy -n kube-system` (`mode:`), then restart the kube-proxy pods |
+# | `check("03-iptables")` | `kplab check 03-iptables` | (the course's own) |
 
 # %%
 from kplab.grading import check, start
@@ -71,12 +90,13 @@ ModeSwitcher(lab)
 # Each exercise ends with a cell like `check("00-welcome/four-replicas")`. It runs a small
 # test, in a separate process, against the **live lab**: it reads the kernel's rules and sends
 # real packets. It never looks at what you typed, so any way of getting there counts. A failed
-# check shows a hint. Solutions are in collapsed cells (click the `...` to open one) if you are
-# stuck.
+# check shows a hint. Write your answer in the empty cell above each check. Every check you run
+# is recorded in your progress (the first cell of each notebook shows where you stand).
 #
-# From a terminal: `kplab check 00-welcome` runs this notebook's checks, `kplab reset 03` puts
-# the lab back to notebook 03's starting state, and `kplab grade` writes a report for your
-# instructor (JSON, JUnit XML or CSV).
+# From a terminal: `kplab check 00-welcome` runs this notebook's checks, `kplab progress` shows
+# your progress, `kplab reset 03` puts the lab back to notebook 03's starting state, and
+# `kplab grade` replays your saved notebooks, each from its starting state, into a report for
+# your instructor.
 #
 # ## Exercise 1 · four replicas
 #

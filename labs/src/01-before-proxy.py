@@ -9,10 +9,27 @@
 # This lab runs with **no proxy at all** (`mode none`): pods, Services and EndpointSlices exist,
 # but nothing has told any node's kernel about the Service.
 
+# %% [markdown]
+# **Before you start.** Prerequisites: 00; reading an `iptables` rule helps but is taught here. Time: about 30 minutes.
+# Previous: [00 · welcome](00-welcome.ipynb). Next: [02 · userspace mode](02-userspace.ipynb).
+# The first code cell puts the lab in this notebook's starting state (run it again to start
+# over). After a kernel restart, do not re-run it: `from kplab.notebook import resume; resume()`
+# gives you its names back and the lab as you left it.
+#
+# What this notebook does from Python, and the same from a terminal and on a real cluster:
+#
+# | in the notebook | from a terminal | on a real cluster |
+# |---|---|---|
+# | `lab.services()`, `lab.endpoint_slices()` | `kplab get svc,eps` | `kubectl get svc,endpointslices` |
+# | `lab.curl("client", "web:80", n=10)` | `kplab curl client web:80 -n 10` | `kubectl exec client -- curl -s web` |
+# | `lab.exec("node-1", ["iptables-save"])` | `kplab exec node-1 -- iptables-save` | `iptables-save` on the node (ssh, or `kubectl debug node/...`) |
+# | `lab.trace("client", "web")` | `kplab trace client web` | on the node: `iptables -t raw -I PREROUTING ... -j TRACE` + `xtables-monitor --trace`, or `nft monitor trace` |
+# | `lab.conntrack("node-1", "web")` | `kplab conntrack node-1 -s web` | `conntrack -L -d <ClusterIP>` on the node |
+
 # %%
 from kplab.grading import check, start
 from kplab.grading.probes import pods_of, ready_endpoints
-from kplab.widgets import topology
+from kplab.widgets import path_picture, topology
 
 lab = start("01-before-proxy")  # the lab as this notebook starts; run this cell again to start over
 N1 = lab.netns("node-1")        # node-1's network namespace, for the shell commands below
@@ -62,6 +79,18 @@ res.ok, res.failed, res.errors
 !ip netns exec {N1} ip -brief address
 
 # %% [markdown]
+# ## Where a proxy would act
+#
+# This is node-1's packet path as its kernel has it now: the five netfilter hooks, and in each,
+# what runs there in priority order (lowest first). With no proxy there is nothing but
+# connection tracking, and even that is idle (dashed): no rule in this namespace needs it yet.
+# A packet from `client` for the ClusterIP enters at PREROUTING, is routed (not to a local
+# address, so to FORWARD), and leaves through POSTROUTING towards the default gateway.
+
+# %%
+path_picture(lab)
+
+# %% [markdown]
 # And no rule on node-1 mentions the Service (both listings are empty):
 
 # %%
@@ -69,12 +98,16 @@ res.ok, res.failed, res.errors
 !ip netns exec {N1} nft list ruleset
 
 # %% [markdown]
-# node-1's connection tracker did see the attempt: a SYN that never got an answer
-# (`[UNREPLIED]`), addressed to the ClusterIP itself, because nothing rewrote it.
+# And the connection tracker? Ask it about the attempt: it prints **nothing**. Conntrack is
+# loaded in the kernel, but a network namespace only tracks connections once something in it
+# needs tracking (a nat table, a `ct state` match...). node-1 has no rule at all, so its tracker
+# is idle: the dashed boxes in the picture above. (On a real node, with kube-proxy's rules or a
+# firewall loaded, you would see the SYN as `[UNREPLIED]`.)
 
 # %%
 lab.curl("client", "web:80", n=1, timeout=0.3)
 !ip netns exec {N1} conntrack -L -p tcp --orig-dst {svc.spec.cluster_ip} 2>/dev/null
+print("entries for the ClusterIP:", len(lab.conntrack("node-1", "web")))
 
 # %% [markdown]
 # ## Exercise 1 · be kube-proxy for one Service port
@@ -94,11 +127,31 @@ cip, target = svc.spec.cluster_ip, lab.pod_ip(web[0])
 check("01-before-proxy/dnat-by-hand")
 
 # %% [markdown]
+# ## Your rule, in the packet's path
+#
+# `lab.trace` sends **one** connection and asks the kernel to trace it (a temporary `-j TRACE`
+# rule for just this flow, read with `xtables-monitor --trace`; on a real node the same works
+# with `iptables -t raw -A PREROUTING ... -j TRACE`). The picture lights the hooks this SYN went
+# through on node-1 and names the rule that matched: yours, in nat PREROUTING.
+
+# %%
+t = lab.trace("client", "web")
+path_picture(lab, t)
+
+# %% [markdown]
+# Your nat rule woke conntrack up (the picture's conntrack boxes are solid now), so the tracker
+# has entries: the original direction to the ClusterIP, and the reply direction from the pod.
+# That pair is how replies get their source rewritten back to the ClusterIP.
+
+# %%
+lab.conntrack("node-1", "web")
+
+# %% [markdown]
 # Every request now lands on the same pod, and the pod sees the client's own address: DNAT
 # changes only the destination.
 
 # %%
-res = lab.curl("client", "web:80", n=10)
+res = lab.curl("client", "web:80", n=10, timeout=0.5)
 res.backends, {a["client_ip"] for a in res.answers}
 
 # %% [markdown]
@@ -123,7 +176,7 @@ for i, ip in enumerate(ips):
 check("01-before-proxy/spread-by-hand")
 
 # %%
-lab.curl("client", "web:80", n=60).backends
+lab.curl("client", "web:80", n=60, timeout=0.5).backends  # before your rules: 60 half-second timeouts
 
 # %% [markdown]
 # ## What you saw

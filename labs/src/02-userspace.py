@@ -10,10 +10,26 @@
 # **Status today:** this mode was deprecated in Kubernetes 1.23 and **removed in 1.26**. It is in
 # the lab because it makes the later designs easy to understand, not because anyone should run it.
 
+# %% [markdown]
+# **Before you start.** Prerequisites: 01. Time: about 25 minutes.
+# Previous: [01 · a Service before any proxy](01-before-proxy.ipynb). Next: [03 · iptables mode](03-iptables.ipynb).
+# The first code cell puts the lab in this notebook's starting state (run it again to start
+# over). After a kernel restart, do not re-run it: `from kplab.notebook import resume; resume()`
+# gives you its names back and the lab as you left it.
+#
+# What this notebook does from Python, and the same from a terminal and on a real cluster:
+#
+# | in the notebook | from a terminal | on a real cluster |
+# |---|---|---|
+# | `lab.trace("client", "web")` | `kplab trace client web` | on the node: `iptables -t raw -I PREROUTING ... -j TRACE` + `xtables-monitor --trace`, or `nft monitor trace` |
+# | `lab.curl("client", "web:80", n=10)` | `kplab curl client web:80 -n 10` | `kubectl exec client -- curl -s web` |
+# | `lab.set_ready(POD, False)` | `kplab ready POD false` | a failing `readinessProbe` |
+# | `lab.apply(FILE)` | `kplab apply -f FILE` | `kubectl apply -f FILE` |
+
 # %%
 from kplab.grading import check, start
 from kplab.grading.probes import pods_of
-from kplab.widgets import RulesViewer, Traffic
+from kplab.widgets import RulesViewer, Traffic, path_picture
 
 lab = start("02-userspace")  # run again to start over
 N1 = lab.netns("node-1")
@@ -33,10 +49,23 @@ lab.mode
 # The rules only bend packets towards those sockets. In `KUBE-PORTALS-CONTAINER` (traffic from
 # pods and from other machines) a packet for `ClusterIP:80` is **REDIRECT**ed to the proxy port;
 # `KUBE-PORTALS-HOST` does the same for the node's own processes with a DNAT to the node IP.
+# So the Service was found the iptables way: every new connection walked the `KUBE-PORTALS-…`
+# rules, one per Service port, until one matched; only then did the socket come into play.
 # There is no rule per endpoint at all: the endpoints live in the process.
 
 # %%
 RulesViewer(lab, "node-1")
+
+# %% [markdown]
+# ## The path, drawn
+#
+# One connection from `client`, traced by the kernel. On node-1 the SYN meets the REDIRECT in
+# nat PREROUTING; its new destination is a local address, so routing hands it to INPUT and
+# then to the proxy *process*. That connection ends there: what reaches the pod is a second
+# connection the process opened itself, leaving through OUTPUT and POSTROUTING.
+
+# %%
+path_picture(lab, lab.trace("client", "web"))
 
 # %% [markdown]
 # ## Round robin, and who the pod thinks you are

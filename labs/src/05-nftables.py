@@ -11,9 +11,27 @@
 # iptables is still the default; a proposal to make nftables the default is under discussion.
 # It needs kernel 5.13 or newer.
 
+# %% [markdown]
+# **Before you start.** Prerequisites: 03. Time: about 35 minutes.
+# Previous: [04 · IPVS mode](04-ipvs.ipynb). Next: [06 · the modes compared](06-modes-compared.ipynb).
+# The first code cell puts the lab in this notebook's starting state (run it again to start
+# over). After a kernel restart, do not re-run it: `from kplab.notebook import resume; resume()`
+# gives you its names back and the lab as you left it.
+#
+# What this notebook does from Python, and the same from a terminal and on a real cluster:
+#
+# | in the notebook | from a terminal | on a real cluster |
+# |---|---|---|
+# | `lab.exec("node-1", ["iptables-save"])` | `kplab exec node-1 -- iptables-save` | `iptables-save` on the node (ssh, or `kubectl debug node/...`) |
+# | `lab.trace("client", "web")` | `kplab trace client web` | on the node: `iptables -t raw -I PREROUTING ... -j TRACE` + `xtables-monitor --trace`, or `nft monitor trace` |
+# | `counting(lab, "web")` | `kplab counters web --from client -n 60` | `iptables -t nat -L KUBE-SEP-... -v -x` on the node |
+# | `lab.scale(NAME, N)` | `kplab scale deployment NAME --replicas N` | `kubectl scale deployment NAME --replicas N` |
+# | `lab.apply(FILE)` | `kplab apply -f FILE` | `kubectl apply -f FILE` |
+
 # %%
+from kplab.course import answer
 from kplab.grading import check, start
-from kplab.widgets import ReplicasSlider, RulesViewer, Traffic
+from kplab.widgets import ReplicasSlider, RulesViewer, Traffic, path_picture
 
 lab = start("05-nftables")  # run again to start over
 N1 = lab.netns("node-1")
@@ -50,6 +68,10 @@ RulesViewer(lab, "node-1", grep="web/tcp/http")
 
 # %% [markdown]
 # Send some traffic, then refresh: the counters of the rules the packets took are highlighted.
+# Those `counter` statements are **the lab's addition**: upstream kube-proxy puts no counters in
+# its nftables rules (the lab adds them so you can watch). On a real node, follow a packet with
+# `nft monitor trace` instead (set `meta nftrace set 1` for the flow in a chain of your own),
+# which is what `lab.trace` does.
 
 # %%
 viewer = RulesViewer(lab, "node-1", grep="pkts")
@@ -58,7 +80,37 @@ print(viewer.refresh(), "rules' counters moved")
 viewer
 
 # %% [markdown]
-# ## Exercise 1 · five endpoints
+# ## The path, drawn
+#
+# kube-proxy's base chains are nftables chains with a hook and a priority of their own
+# (`nat-prerouting` at `dstnat`, -100; `filter-prerouting` at `dstnat - 10`, and so on), listed
+# here beside iptables-nft's tables, which are nftables tables too. One traced connection
+# (`nft monitor trace`, for a `meta nftrace set 1` kplab sets on this flow only):
+
+# %%
+t = lab.trace("client", "web")
+path_picture(lab, t)
+
+# %% [markdown]
+# ## Exercise 1 · which element, which endpoint?
+#
+# Read the trace: in `services`, the packet's `daddr . proto . dport` was looked up in
+# `service-ips` and the element sent it on to the Service's chain; there, `numgen random mod N`
+# picked an element of the anonymous endpoint map. Which endpoint chain (`endpoint-…`) did it
+# pick for this connection? Answer with the chain's name (or its `ip:port`, or the pod). The
+# check holds your answer against the kernel's trace of this very connection.
+
+# %%
+print(t)
+
+# %% tags=["solution"]
+answer("05-nftables/which-endpoint", next(h.chain for h in t.hops if h.nat.startswith("DNAT")))
+
+# %% tags=["check"]
+check("05-nftables/which-endpoint")
+
+# %% [markdown]
+# ## Exercise 2 · five endpoints
 #
 # Scale `web` to five replicas (the slider below, or `lab.scale`). Then look at the Service's
 # chain on node-1 again: what changed, and what did not have to?
@@ -78,18 +130,23 @@ check("05-nftables/five-way-numgen")
 # "the rest", walked in order (notebook 03). Here it is one random number and one map lookup.
 
 # %% [markdown]
-# ## Exercise 2 · another Service is one more map element
+# ## Exercise 3 · another Service is one more map element
 #
 # Add the app in `labs/manifests/api.yaml` (a Deployment and a Service `api`). Before you look:
-# how many rules will the `services` chain have afterwards?
+# how many rules will the `services` chain have afterwards? Record your prediction with
+# `answer("05-nftables/predict-services-rules", n)`; the second check counts them on node-1.
 
 # %% tags=["solution"]
+answer("05-nftables/predict-services-rules", 2)
 lab.apply("manifests/api.yaml")
 !ip netns exec {N1} nft list chain ip kube-proxy services
 !ip netns exec {N1} nft list map ip kube-proxy service-ips
 
 # %% tags=["check"]
 check("05-nftables/one-more-element")
+
+# %% tags=["check"]
+check("05-nftables/predict-services-rules")
 
 # %% [markdown]
 # ## Thirty more Services

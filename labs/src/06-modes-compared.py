@@ -11,6 +11,20 @@
 # (since 1.33) and the recommended choice for large clusters; **IPVS** is deprecated (since
 # 1.35; its gate is planned to go off by default in 1.40); **userspace** was removed in 1.26.
 
+# %% [markdown]
+# **Before you start.** Prerequisites: 02 to 05. Time: about 30 minutes, plus a few minutes per mode if you run the benchmarks.
+# Previous: [05 · nftables mode](05-nftables.ipynb). Next: [07 · traffic policies](07-policies.ipynb).
+# The first code cell puts the lab in this notebook's starting state (run it again to start
+# over). After a kernel restart, do not re-run it: `from kplab.notebook import resume; resume()`
+# gives you its names back and the lab as you left it.
+#
+# What this notebook does from Python, and the same from a terminal and on a real cluster:
+#
+# | in the notebook | from a terminal | on a real cluster |
+# |---|---|---|
+# | `lab.set_mode(MODE)` | `kplab mode MODE` | `kubectl edit cm kube-proxy -n kube-system` (`mode:`), then restart the kube-proxy pods |
+# | `lab.curl("client", "web:80", n=10)` | `kplab curl client web:80 -n 10` | `kubectl exec client -- curl -s web` |
+
 # %%
 import matplotlib.pyplot as plt
 from IPython.display import Markdown
@@ -70,7 +84,7 @@ sizes = (10, 100, 500)
 DISPATCH = {"iptables": "-A KUBE-SERVICES ", "nftables": "add rule ip kube-proxy services ",
             "userspace": "-A KUBE-PORTALS-CONTAINER "}  # where a new connection looks for its Service
 for mode in modes:
-    texts = [proxier_class(mode).render(workload.state(lab, "node-1", n, 3)) for n in sizes]
+    texts = [proxier_class(mode).preview(workload.state(lab, "node-1", n, 3)) for n in sizes]
     walk = [sum(ln.startswith(DISPATCH.get(mode, "?")) for ln in t.splitlines()) for t in texts]
     print(f"{mode:10} lines loaded: {[len(t.splitlines()) for t in texts]}   "
           f"rules a new connection may try to find its Service: {walk}")
@@ -81,8 +95,9 @@ for mode in modes:
 # `kplab bench` measures properly: first-packet latency to the first and the *last* of up to
 # 10,000 Services, sync times, throughput and the spread of load, each against a baseline from
 # the same run. It takes minutes, so it does not run here unless you set `RUN_FULL_BENCH`.
-# The cell after it fills the table from whatever results exist (`bench/results/`); cells with
-# no result yet say "not measured".
+# The cell after it fills the table from whatever results exist (`bench/results/`). If you have
+# not run them, it shows the table and plots measured for `docs/BENCHMARKS.md` instead (on a
+# 2-core virtual machine; that page says how), so you still see the shapes.
 
 # %%
 RUN_FULL_BENCH = False  # set to True to measure now (several minutes)
@@ -92,9 +107,23 @@ if RUN_FULL_BENCH:
     !kplab bench throughput
 
 # %%
-from kplab.bench import compare
+from pathlib import Path
 
-Markdown(compare.markdown(compare.table()))
+from IPython.display import Image, display
+
+import kplab
+from kplab.bench import compare, report
+
+if any(report.results_dir().glob("*.json")):
+    display(Markdown("**Measured here** (`bench/results/`):\n\n" + compare.markdown(compare.table())))
+else:
+    docs = Path(kplab.__file__).resolve().parents[1] / "docs"
+    page = (docs / "BENCHMARKS.md").read_text()
+    section = page.split("## Which mode should you use?", 1)[1].split("\n## ", 1)[0]
+    display(Markdown("**Not measured here yet: the table from `docs/BENCHMARKS.md`** (its machine, its "
+                     "date)\n\n## Which mode should you use?" + section))
+    for plot in ("bench-latency.png", "bench-sync.png"):
+        display(Image(filename=str(docs / plot), width=720))
 
 # %% [markdown]
 # ## Exercise 1 · switch to nftables
@@ -144,9 +173,11 @@ check("06-modes-compared/retries-hide-a-dead-backend")
 # | | userspace | iptables (default) | IPVS | nftables |
 # |---|---|---|---|---|
 # | where packets are handled | a proxy process per node | kernel, nat rules | kernel, IPVS tables | kernel, nf_tables maps |
-# | finding the Service | socket per port | walk one rule per Service port | hash lookup | one verdict-map lookup |
+# | kube-proxy itself | a process per node, in the data path | a process per node that writes rules | the same | the same |
+# | finding the Service | walk one `KUBE-PORTALS` rule per Service port, then its socket | walk one rule per Service port | hash lookup | one verdict-map lookup |
+# | where the DNAT happens | none: the process opens a new connection | nat PREROUTING / OUTPUT | LOCAL_IN (INPUT), after routing via `kube-ipvs0` | nat-prerouting / nat-output chains |
 # | choosing the endpoint | round robin | random (probability cascade) | scheduler: rr, lc, sh, mh... | random (`numgen`) |
-# | rule updates | small | whole ruleset per sync (changed chains only since 1.26) | per-object netlink | only the changes |
+# | rule updates | small | top-level chains every sync; other chains only when changed (default since 1.27) | per-object netlink | only the changes |
 # | status | removed in 1.26 | default | deprecated since 1.35 | GA since 1.33 |
 #
 # - Every kernel mode costs little per request compared with a pod IP; the userspace proxy

@@ -7,13 +7,35 @@
 #   `externalTrafficPolicy: Local` trades for keeping the source IP.
 # - Keep in-cluster traffic on the node with `internalTrafficPolicy: Local`.
 #
-# The lab runs iptables mode; the policies work the same way in nftables and IPVS mode (the
-# userspace proxy never had them).
+# The lab runs iptables mode; nftables mode implements the policies the same way. IPVS mode does
+# not quite: when a node has no local endpoint for an `externalTrafficPolicy: Local` Service,
+# IPVS falls back to the cluster-wide endpoints instead of dropping
+# ([kubernetes#97081](https://github.com/kubernetes/kubernetes/pull/97081)). The userspace
+# proxy never had policies.
+#
+# These *traffic* policies are kube-proxy's. **NetworkPolicy** (which pods may talk to which) is
+# not: kube-proxy never reads it; the CNI plugin (Calico, Cilium, ...) enforces it.
+
+# %% [markdown]
+# **Before you start.** Prerequisites: 03. Time: about 30 minutes.
+# Previous: [06 · the modes compared](06-modes-compared.ipynb). Next: [08 · troubleshooting](08-troubleshooting.ipynb).
+# The first code cell puts the lab in this notebook's starting state (run it again to start
+# over). After a kernel restart, do not re-run it: `from kplab.notebook import resume; resume()`
+# gives you its names back and the lab as you left it.
+#
+# What this notebook does from Python, and the same from a terminal and on a real cluster:
+#
+# | in the notebook | from a terminal | on a real cluster |
+# |---|---|---|
+# | `lab.curl("client", "web:80", n=10)` | `kplab curl client web:80 -n 10` | `kubectl exec client -- curl -s web` |
+# | `lab.apply(FILE)` | `kplab apply -f FILE` | `kubectl apply -f FILE` |
+# | `lab.trace("client", "web")` | `kplab trace client web` | on the node: `iptables -t raw -I PREROUTING ... -j TRACE` + `xtables-monitor --trace`, or `nft monitor trace` |
 
 # %%
+from kplab.course import answer
 from kplab.grading import check, start
 from kplab.grading.probes import node_of, pods_of
-from kplab.widgets import topology
+from kplab.widgets import path_picture, topology
 
 lab = start("07-policies")  # run again to start over
 for pod in pods_of(lab, "web"):
@@ -75,7 +97,29 @@ check("07-policies/source-ip-kept")
 !ip netns exec {lab.netns("node-1")} iptables -t nat -S | grep -E "KUBE-(EXT|SVL)-" | head -12
 
 # %% [markdown]
-# ## Exercise 2 · stay on the node
+# One connection from `outside` to node-1's NodePort, traced: in nat PREROUTING the packet
+# goes `KUBE-SERVICES` → `KUBE-NODEPORTS` → `KUBE-EXT-…` → `KUBE-SVL-…` → a `KUBE-SEP-…` of a
+# pod on node-1, and nat POSTROUTING's `KUBE-POSTROUTING` finds no masquerade mark.
+
+# %%
+t = lab.trace("outside", "node-1:web:http")
+path_picture(lab, t)
+
+# %% [markdown]
+# ## Exercise 2 · which local endpoint?
+#
+# Which `KUBE-SEP-…` chain took that connection from `outside`? Answer with its name (or the
+# endpoint's `ip:port`, or the pod). The check holds it against the kernel's trace of this
+# connection, and checks that the trace went through `KUBE-SVL-…` and ended on a pod of node-1.
+
+# %% tags=["solution"]
+answer("07-policies/which-endpoint", next(h.chain for h in t.hops if h.nat.startswith("DNAT")))
+
+# %% tags=["check"]
+check("07-policies/which-endpoint")
+
+# %% [markdown]
+# ## Exercise 3 · stay on the node
 #
 # `client` runs on node-1. Make its requests to `web:80` stay on node-1 (useful for node-local
 # caches or agents; it also saves a hop).

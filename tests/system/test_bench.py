@@ -110,3 +110,19 @@ def test_latency_ipvs_tiny():
     assert row["first_failed"] == row["last_failed"] == 0 and row["first_samples"] == row["last_samples"] == 20
     assert "equivalent" in row["pick"], "IPVS looks Services up in a hash table"
     assert lab_namespaces("tblatv") == []
+
+
+def test_latency_and_throughput_tiny_ebpf():
+    """The eBPF replacement's socket hooks see only the node's cgroup: the probe and the load generator join it."""
+    from kplab.proxy.ebpf import EbpfProxier
+
+    if not EbpfProxier.doctor().available:
+        pytest.skip("ebpf unavailable here")
+    result = latency.run_latency(["ebpf"], "10", samples=20, warmup=2, rounds=1, lab="tblatb", show_progress=False)
+    row = next(r for r in result["rows"] if r["services"] == 10)
+    assert all(row[f"{t}_failed"] == 0 and row[f"{t}_samples"] == 20 for t in ("first", "last", "pod", "base"))
+    thr = throughput.run_throughput(["ebpf"], rounds=1, requests=20, latency_requests=10, concurrency=2,
+                                    spread_requests=30, lab="tbthrb", show_progress=False)
+    via = next(r for r in thr["rows"] if (r["target"], r["load"]) == ("ebpf", "connect"))
+    assert via["failed"] == 0
+    assert lab_namespaces("tblatb") == lab_namespaces("tbthrb") == []

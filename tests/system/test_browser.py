@@ -3,7 +3,9 @@
 `kplab lab` (what `make lab` runs) is started on a free localhost port with a known token; it
 brings the lab up first.  Debian's Chromium (Playwright cannot download its own browser here)
 opens notebook 00, runs its first cells, clicks "send 100 requests" and waits for the backend
-histogram to fill.  A screenshot is kept in artifacts/ (gitignored).
+histogram to fill; and opens notebook 03, runs every cell, and finds the path picture with the
+hops of the traced connection lit.  Screenshots are kept in artifacts/ (gitignored); the path
+picture goes to docs/ only with `KPLAB_DOCS_SCREENSHOT=1` (a test run leaves the tree as checked out).
 """
 
 from __future__ import annotations
@@ -17,7 +19,9 @@ import sys
 import time
 import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -82,8 +86,9 @@ def jupyter(tmp_path: Path) -> Iterator[str]:
                 pass
 
 
-def test_widgets_render_and_the_histogram_fills(jupyter: str, tmp_path: Path) -> None:
-    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+@contextmanager
+def chromium(tmp_path: Path, shot: str, timeout_ms: int) -> Iterator[Any]:
+    """A page of headless Chromium; at the end, whatever happened, a screenshot in artifacts/`shot`."""
     from playwright.sync_api import sync_playwright
 
     ARTIFACTS.mkdir(exist_ok=True)
@@ -93,37 +98,70 @@ def test_widgets_render_and_the_histogram_fills(jupyter: str, tmp_path: Path) ->
             viewport={"width": 1400, "height": 1000})
         try:
             page = browser.new_page()
-            page.set_default_timeout(60_000)
-            page.goto(f"{jupyter}/lab/tree/00-welcome.ipynb?token={TOKEN}")
-            page.wait_for_selector(".jp-Notebook .jp-Cell")
-            page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", state="attached")
-            # a slow kernel start makes JupyterLab ask which kernel to use: accept its choice, as a person would
-            accept = page.locator(".jp-Dialog .jp-mod-accept")
-            try:
-                accept.wait_for(timeout=5_000)
-                accept.click()
-            except PlaywrightTimeout:
-                pass
-            cells = page.locator(".jp-Notebook .jp-Cell")
-            for index in (1, 3):  # `lab = start(...)` + topology, then the Traffic widget
-                cell = cells.nth(index)
-                cell.locator(".jp-InputPrompt").click()  # select the cell
-                page.locator("[data-command='notebook:run-cell-and-select-next']").first.click()
-                page.wait_for_function(
-                    "(el) => /\\[\\d+\\]/.test(el.querySelector('.jp-InputPrompt').innerText)",
-                    arg=cell.element_handle())
-            page.locator(".jp-OutputArea svg text", has_text="web-").first.wait_for()  # the topology
-            traffic = page.locator(".kplab-traffic")
-            traffic.wait_for()
-            assert traffic.locator(".widget-hprogress").count() == 0
-            traffic.get_by_role("button", name="send 100 requests").click()
-            page.wait_for_function(
-                "() => (document.querySelector('.kplab-traffic')?.innerText || '').includes('100 answered')")
-            bars = traffic.locator(".widget-hprogress")
-            assert bars.count() == 3  # one bar per web pod
-            counts = [int(t) for t in traffic.locator(".widget-label").all_inner_texts() if t.strip().isdigit()]
-            assert sum(counts) == 100 and all(c > 0 for c in counts), counts
+            page.set_default_timeout(timeout_ms)
+            yield page
         finally:
             if browser.pages:
-                browser.pages[-1].screenshot(path=str(ARTIFACTS / "browser-traffic.png"))
+                browser.pages[-1].screenshot(path=str(ARTIFACTS / shot))
             browser.close()
+
+
+def open_notebook(page: Any, url: str) -> None:
+    """Open a notebook and wait for its kernel; a slow kernel start asks which kernel: accept, as a person would."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    page.goto(url)
+    page.wait_for_selector(".jp-Notebook .jp-Cell")
+    page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", state="attached")
+    accept = page.locator(".jp-Dialog .jp-mod-accept")
+    try:
+        accept.wait_for(timeout=5_000)
+        accept.click()
+    except PlaywrightTimeout:
+        pass
+
+
+def run_cell(page: Any, cell: Any) -> None:
+    """Select `cell`, press the toolbar's run button, wait until it has an execution count."""
+    cell.scroll_into_view_if_needed()
+    cell.locator(".jp-InputPrompt").click()
+    page.locator("[data-command='notebook:run-cell-and-select-next']").first.click()
+    page.wait_for_function("(el) => /\\[\\d+\\]/.test(el.querySelector('.jp-InputPrompt').innerText)",
+                           arg=cell.element_handle(), polling=500)
+
+
+def test_widgets_render_and_the_histogram_fills(jupyter: str, tmp_path: Path) -> None:
+    with chromium(tmp_path, "browser-traffic.png", 60_000) as page:
+        open_notebook(page, f"{jupyter}/lab/tree/00-welcome.ipynb?token={TOKEN}")
+        code = page.locator(".jp-Notebook .jp-CodeCell")
+        for text in ("start(", "Traffic("):  # `lab = start(...)` + topology, then the Traffic widget
+            run_cell(page, code.filter(has_text=text).first)
+        page.locator(".jp-OutputArea svg text", has_text="web-").first.wait_for()  # the topology
+        traffic = page.locator(".kplab-traffic")
+        traffic.wait_for()
+        assert traffic.locator(".widget-hprogress").count() == 0
+        traffic.get_by_role("button", name="send 100 requests").click()
+        page.wait_for_function(
+            "() => (document.querySelector('.kplab-traffic')?.innerText || '').includes('100 answered')")
+        bars = traffic.locator(".widget-hprogress")
+        assert bars.count() == 3  # one bar per web pod
+        counts = [int(t) for t in traffic.locator(".widget-label").all_inner_texts() if t.strip().isdigit()]
+        assert sum(counts) == 100 and all(c > 0 for c in counts), counts
+
+
+def test_notebook_03_runs_and_the_path_picture_lights_the_traced_hops(jupyter: str, tmp_path: Path) -> None:
+    with chromium(tmp_path, "browser-03.png", 600_000) as page:
+        open_notebook(page, f"{jupyter}/lab/tree/03-iptables.ipynb?token={TOKEN}")
+        code = page.locator(".jp-Notebook .jp-CodeCell")
+        for i in range(code.count()):  # every code cell in turn, as a learner pressing Shift+Enter
+            run_cell(page, code.nth(i))
+        assert page.locator(".jp-OutputArea-output", has_text="Traceback (most recent call last)").count() == 0
+        picture = page.locator(".kplab-path").first
+        picture.scroll_into_view_if_needed()
+        lit = picture.locator("rect.entry.hit")
+        keys = [lit.nth(i).get_attribute("data-key") for i in range(lit.count())]
+        assert "nat|PREROUTING" in keys and "filter|FORWARD" in keys, keys
+        assert picture.locator("text", has_text="DNAT").count() >= 1
+        picture.screenshot(path=str(ARTIFACTS / "browser-path-03.png"))
+        if os.environ.get("KPLAB_DOCS_SCREENSHOT") == "1":
+            picture.screenshot(path=str(REPO / "docs" / "path-picture-03.png"))

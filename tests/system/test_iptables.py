@@ -7,12 +7,15 @@ file checks what is specific to how the iptables proxier programs a node.
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
 from kplab.cluster.run import run
-from kplab.inspect.iptables_save import parse
-from kplab.proxy.iptables_jumps import JUMPS
+from kplab.formats.iptables_save import parse
+from kplab.proxy.tracker import MemoryStore
+from kplab.proxy.xtables import JUMPS
+from kplab.testing.labs import lab_in_mode
 
 pytestmark = [pytest.mark.root]
 
@@ -28,12 +31,8 @@ spec:
 
 @pytest.fixture(scope="module")
 def lab():
-    from kplab import Lab, clean
-
-    clean(lab="ipt1")
-    lab = Lab.up("ipt1", mode="iptables", nodes=2)
-    yield lab
-    clean(lab="ipt1")
+    with lab_in_mode("iptables", "ipt1", nodes=2) as lab:
+        yield lab
 
 
 def save(lab, node: str, *flags: str):
@@ -46,7 +45,7 @@ def chain_counters(lab, node: str) -> dict[str, int]:
 
 
 def state_file(lab, node: str) -> dict:
-    return json.loads((lab.proxier(node).ctx.state_dir / "iptables.json").read_text())
+    return json.loads(MemoryStore(lab.proxier(node).ctx.state_dir).path.read_text())
 
 
 def test_jump_rules_and_canaries_exist(lab):
@@ -71,8 +70,8 @@ def test_partial_sync_rewrites_only_the_changed_service(lab):
     for sep in web_seps:
         assert after[sep] == moved[sep], "web's chains were rewritten (their counters reset)"
     data = state_file(lab, "node-1")
-    assert not (lab.proxier("node-1").ctx.state_dir / "iptables.dirty").exists()
-    full = lab.proxier("node-1").render(lab.state("node-1")).count("\n")
+    assert not MemoryStore(lab.proxier("node-1").ctx.state_dir).dirty.exists()
+    full = lab.proxier("node-1").preview(lab.state("node-1")).count("\n")
     web = [c for c, note in data["annotations"].items() if note[0].startswith("default/web")]
     assert data["last_size"] < full - len(web), "the partial sync sent web's chains again"
     ok = lab.curl("client", "extra", n=6)
@@ -115,6 +114,17 @@ def test_canary_loss_forces_a_full_sync(lab):
     results = lab.sync()
     assert results["node-2"].full and not results["node-1"].full
     assert lab.curl("outside", f"{lab.node_ip('node-2')}:{lab.node_port('web', 'http')}", n=5).ok == 5
+
+
+def test_a_second_full_sync_keeps_the_nfacct_rules(lab):
+    """`nfacct list` prints "... } = NAME;": the check once looked for "name = NAME;", found nothing,
+    tried to add the counters again (EBUSY) and wrote every later full sync without nfacct rules."""
+    if "ct_state_invalid_dropped_pkts" not in run(["nfacct", "list"], netns=lab.netns("node-2"), check=False).stdout:
+        pytest.skip("no nfacct here: the rules are written without it, as upstream does")
+    run(["iptables", "-t", "mangle", "-X", "KUBE-PROXY-CANARY"], netns=lab.netns("node-2"))
+    assert lab.sync()["node-2"].full
+    saved = run(["iptables-save"], netns=lab.netns("node-2")).stdout
+    assert re.search(r"--nfacct-name\s+ct_state_invalid_dropped_pkts", saved), "the full sync dropped the nfacct rule"
 
 
 def test_cleanup_leaves_no_kube_chains(lab):

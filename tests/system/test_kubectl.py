@@ -16,10 +16,10 @@ import pytest
 import yaml
 
 from kplab import Lab, ManifestError, clean
-from kplab.cli import main
 from kplab.cluster.netns import lab_namespaces
 from kplab.cluster.store import STATE_ROOT
 from kplab.testing.host import assert_same, host_snapshot
+from kplab.testing.labs import run_cli
 
 pytestmark = [pytest.mark.root]
 NAME = "kctl"
@@ -99,15 +99,6 @@ def wait_for(check, what: str, timeout: float = 20.0):
             return got
         time.sleep(0.1)
     raise AssertionError(f"waited {timeout:g}s for {what}")
-
-
-def kplab(capsys, monkeypatch, *argv: str) -> tuple[int, str, str]:
-    """The CLI in this process (fast): exit code, stdout, stderr."""
-    monkeypatch.setenv("KPLAB_LAB", NAME)
-    capsys.readouterr()
-    rc = main(list(argv))
-    out = capsys.readouterr()
-    return rc, out.out, out.err
 
 
 def test_a_bare_pod_applied_to_a_running_lab_answers_and_goes_at_once(lab):
@@ -271,15 +262,19 @@ def test_outside_loses_the_route_when_a_load_balancer_goes(lab):
         "spec": {
             "type": "LoadBalancer",
             "selector": {"app": "web"},
+            "externalIPs": ["203.0.113.7"],
             "ports": [{"port": 80, "targetPort": 8080}],
         },
     }
     lab.apply(lb)
     ip = lab.load_balancer_ip("front")
     assert lab.curl("outside", "lb:front", n=3).ok == 3
-    assert ip in lab.exec("outside", ["ip", "route"]).stdout
+    assert lab.curl("outside", "203.0.113.7:80", n=3).ok == 3
+    routes = lab.exec("outside", ["ip", "route"]).stdout
+    assert f"{ip} via" in routes and "203.0.113.7 via" in routes, routes
     lab.delete(lb)
-    assert ip not in lab.exec("outside", ["ip", "route"]).stdout
+    routes = lab.exec("outside", ["ip", "route"]).stdout
+    assert ip not in routes and "203.0.113.7" not in routes, "the externalIP's route goes too"
 
 
 def test_pod_names_clash_is_refused_with_the_reason(lab):
@@ -321,7 +316,7 @@ def test_a_leftover_namespace_is_removed_and_a_lost_one_rebuilt(lab):
 
 
 def test_the_verbs_answer_as_kubectl(lab, capsys, monkeypatch):
-    rc, out, _ = kplab(capsys, monkeypatch, "get", "svc")
+    rc, out, _ = run_cli(capsys, monkeypatch, NAME, "get", "svc")
     assert rc == 0 and out.splitlines()[0].split()[:2] == ["NAMESPACE", "NAME"]
     lab.apply(
         {
@@ -331,36 +326,36 @@ def test_the_verbs_answer_as_kubectl(lab, capsys, monkeypatch):
             "spec": {"ports": [{"port": 80}]},
         }
     )
-    rc, out, _ = kplab(capsys, monkeypatch, "get", "services")
+    rc, out, _ = run_cli(capsys, monkeypatch, NAME, "get", "services")
     assert [line.split()[:2] for line in out.splitlines()[1:]] == [["default", "web"], ["team-a", "web"]]
-    rc, out, _ = kplab(capsys, monkeypatch, "get", "services", "-n", "team-a", "-o", "name")
+    rc, out, _ = run_cli(capsys, monkeypatch, NAME, "get", "services", "-n", "team-a", "-o", "name")
     assert out.split() == ["service/web"]
-    rc, out, _ = kplab(capsys, monkeypatch, "get", "ep", "web", "-o", "yaml")
+    rc, out, _ = run_cli(capsys, monkeypatch, NAME, "get", "ep", "web", "-o", "yaml")
     ep = yaml.safe_load(out)
     assert ep["kind"] == "Endpoints" and len(ep["subsets"][0]["addresses"]) == 3
-    rc, out, _ = kplab(capsys, monkeypatch, "get", "all")
+    rc, out, _ = run_cli(capsys, monkeypatch, NAME, "get", "all")
     assert "deployment.apps/web" in out and "replicaset.apps/web-" in out and "service/web" in out
-    rc, out, _ = kplab(capsys, monkeypatch, "get", "po", "-l", "app in (web,client)", "-o", "name")
+    rc, out, _ = run_cli(capsys, monkeypatch, NAME, "get", "po", "-l", "app in (web,client)", "-o", "name")
     assert len(out.split()) == 4
-    rc, out, err = kplab(capsys, monkeypatch, "delete", "-f", str(API))
+    rc, out, err = run_cli(capsys, monkeypatch, NAME, "delete", "-f", str(API))
     assert rc == 1 and err.splitlines() == [
         f'Error from server (NotFound): error when deleting "{API}": deployments.apps "api" not found',
         f'Error from server (NotFound): error when deleting "{API}": services "api" not found',
     ]
-    rc, out, _ = kplab(capsys, monkeypatch, "delete", "service", "web", "-n", "team-a")
+    rc, out, _ = run_cli(capsys, monkeypatch, NAME, "delete", "service", "web", "-n", "team-a")
     assert (rc, out) == (0, 'service "web" deleted\n')
-    rc, out, _ = kplab(capsys, monkeypatch, "run", "shell", "--port", "9000", "--labels", "app=shell")
+    rc, out, _ = run_cli(capsys, monkeypatch, NAME, "run", "shell", "--port", "9000", "--labels", "app=shell")
     assert (rc, out) == (0, "pod/shell created\n")
-    rc, out, _ = kplab(capsys, monkeypatch, "expose", "pod", "shell", "--port", "80", "--target-port", "9000")
+    rc, out, _ = run_cli(capsys, monkeypatch, NAME, "expose", "pod", "shell", "--port", "80", "--target-port", "9000")
     assert (rc, out) == (0, "service/shell exposed\n")
     assert lab.curl("client", "shell", n=2).backends == {"shell": 2}, "a handle sees what the CLI made"
     assert "shell" in lab.get("pods", "shell") and lab.get("svc", "shell", output="json")["kind"] == "Service"
     assert lab.describe("pod", "shell").startswith("Name:")
-    rc, out, _ = kplab(capsys, monkeypatch, "describe", "service", "shell")
+    rc, out, _ = run_cli(capsys, monkeypatch, NAME, "describe", "service", "shell")
     assert "Endpoints:" in out and "node-2: last sync" in out
     assert "KUBE-SVC" in out and "default/shell" in out and "default/web" not in out, "its own rules only"
-    kplab(capsys, monkeypatch, "delete", "pod", "shell")
-    rc, out, err = kplab(capsys, monkeypatch, "delete", "svc", "shell", "nothere")
+    run_cli(capsys, monkeypatch, NAME, "delete", "pod", "shell")
+    rc, out, err = run_cli(capsys, monkeypatch, NAME, "delete", "svc", "shell", "nothere")
     assert rc == 1 and out == 'service "shell" deleted\n', "what was deleted is said, then NotFound"
     assert err == 'Error from server (NotFound): services "nothere" not found\n'
 
@@ -392,14 +387,14 @@ BAD_VERBS = {
         ["scale", "deployment", "nope", "--replicas", "2"],
         'deployments.apps "nope" not found',
     ),
-    "scale range": (["scale", "web", "--replicas", "500"], "--replicas 500: a lab allows 0 to 200"),
+    "scale range": (["scale", "web", "--replicas", "500"], "500 replicas: a lab allows 0 to 200"),
 }
 
 
 @pytest.mark.parametrize("case", list(BAD_VERBS))
 def test_bad_input_to_a_verb_is_one_line_naming_it(lab, capsys, monkeypatch, case):
     argv, says = BAD_VERBS[case]
-    rc, out, err = kplab(capsys, monkeypatch, *argv)
+    rc, out, err = run_cli(capsys, monkeypatch, NAME, *argv)
     assert rc == 1 and says in err and len(err.strip().splitlines()) == 1, (out, err)
 
 

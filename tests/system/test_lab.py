@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -52,6 +53,7 @@ def test_host_untouched_by_up_and_down():
     before = host_snapshot()
     lab = Lab.up("core3", mode="none")
     echo = int((STATE_ROOT / "core3" / "echo.pid").read_text())
+    assert b"kplab.cluster.echo" in Path(f"/proc/{echo}/cmdline").read_bytes(), "watch an echo that ran"
     lab.down()
     assert not Path(f"/proc/{echo}").exists(), "every process the lab started is stopped by down"
     assert not (STATE_ROOT / "core3").exists()
@@ -63,17 +65,56 @@ def test_host_untouched_after_kill_9_in_the_middle_of_up():
     big = Path(__file__).with_name("manifests_matrix.yaml")
     proc = subprocess.Popen([*KPLAB, "up", "--lab", "core4", "--mode", "none", "--nodes", "6", "-f", str(big)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    end = time.monotonic() + 20
+    end = time.monotonic() + 120  # under load the CLI alone can take 20 s to start
     while time.monotonic() < end and len(lab_namespaces("core4")) < 4:
         time.sleep(0.005)
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=10)
     assert lab_namespaces("core4"), "the kill should land while up is building"
+    # status and up name the crashed lab and what removes it (issue 20 item 11: "no lab" / "exists already")
+    for verb in (["status"], ["up", "--mode", "none"]):
+        out = subprocess.run([*KPLAB, *verb, "--lab", "core4"], capture_output=True, text=True, timeout=60)
+        assert out.returncode == 1 and out.stderr.count("\n") == 1, (verb, out.stderr)
+        assert "lab 'core4' crashed" in out.stderr and "`kplab clean --lab core4`" in out.stderr, (verb, out.stderr)
     out = subprocess.run([*KPLAB, "clean"], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert "core4" in out.stdout
     assert not lab_namespaces("core4")
     assert_same(before, host_snapshot())
+
+
+def test_clean_keeps_a_lab_that_is_up_even_when_named(lab_factory):
+    """Issue 20 item 11: `kplab clean` with KPLAB_LAB set (every JupyterLab terminal) removed the running lab."""
+    lab_factory("core12", mode="none")
+    env = {**os.environ, "KPLAB_LAB": "core12"}
+    for argv in (["clean"], ["clean", "--lab", "core12"]):
+        out = subprocess.run([*KPLAB, *argv], capture_output=True, text=True, timeout=60, env=env)
+        assert out.returncode == 0 and out.stdout.strip() == "removed: nothing", out
+        assert "kept lab 'core12': it is up" in out.stderr
+        assert Lab.attach("core12").status()["name"] == "core12"
+    assert (STATE_ROOT / "core12").is_dir()
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return "gone"
+
+
+def test_processes_stopped_by_another_process_are_reaped_by_their_parent():
+    """Issue 20 item 14: a lab brought down from a terminal, then reset from the notebook kernel that
+    started it, left the old echo (and servers) process `<defunct>` under the kernel."""
+    lab = Lab.up("core13", mode="iptables")
+    try:
+        pids = [int((STATE_ROOT / "core13" / f).read_text()) for f in ("echo.pid", "servers.pid")]
+        assert all(_state(p) in "RSD" for p in pids), [_state(p) for p in pids]
+        out = subprocess.run([*KPLAB, "down", "--lab", "core13"], capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        lab = Lab.up("core13", mode="iptables")  # the reset, in this process
+        assert [_state(p) for p in pids] == ["gone", "gone"]
+    finally:
+        clean(lab="core13")
 
 
 def test_two_labs_side_by_side():

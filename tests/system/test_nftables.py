@@ -15,11 +15,12 @@ import time
 
 import pytest
 
-from kplab import Lab, clean
+from kplab import Lab
 from kplab.errors import KplabError
 from kplab.proxy.base import proxier_class
-from kplab.proxy.nftables import NftablesProxier
-from kplab.proxy.nftables_rules import BASE_CHAINS
+from kplab.proxy.nftables.proxier import NftablesProxier
+from kplab.proxy.nftables.rules import BASE_CHAINS
+from kplab.testing.labs import lab_in_mode
 
 pytestmark = [pytest.mark.root]
 
@@ -46,14 +47,10 @@ spec:
 
 @pytest.fixture(scope="module")
 def lab():
-    if not NftablesProxier.doctor().available:
-        pytest.skip("nft cannot run here")
-    clean(lab=LAB)
     from kplab.lab import default_manifest
 
-    lab = Lab.up(LAB, mode="nftables", manifests=[default_manifest(), OTHER])
-    yield lab
-    clean(lab=LAB)
+    with lab_in_mode("nftables", LAB, [default_manifest(), OTHER]) as lab:
+        yield lab
 
 
 def nft_json(lab: Lab, node: str) -> list[dict]:
@@ -156,6 +153,29 @@ def test_table_removed_behind_our_back_comes_back(lab):
     assert lab.curl("client", "web", n=10).failed == 0
 
 
+def test_a_map_element_deleted_by_hand_comes_back_with_the_hourly_full_sync(lab):
+    """Upstream's partial syncs diff map elements against their own memory, so they do not see
+    an element deleted by hand; its full sync, at least every FullSyncPeriod (an hour), does.
+    kplab's nftables memory kept no time of its last full sync: it never came (sync after an
+    hour stayed partial and `kplab diff` kept the element missing)."""
+    lab.sync(full=True)
+    ip = lab.service_ip("web")
+    argv = ["nft", "delete", "element", "ip", "kube-proxy", "service-ips", f"{{ {ip} . tcp . 80 }}"]
+    assert lab.exec("node-1", argv).ok
+    d = lab.diff("node-1")
+    assert len(d.missing) == 1 and d.missing[0].startswith(f"service-ips element {ip} . tcp . 80 : goto service-")
+    assert "kplab sync --full" in d.text(), d.text()
+    assert not lab.sync()["node-1"].full  # a partial sync, as upstream's: the element stays missing
+    assert lab.diff("node-1").missing == d.missing
+    memory = lab.proxier("node-1")._memory()
+    memory.db.execute("UPDATE meta SET value = ? WHERE name = 'last_full'", (repr(time.time() - 3601),))
+    memory.close()
+    result = lab.sync()
+    assert result["node-1"].full and not result["node-2"].full, result
+    assert lab.diff("node-1").clean, lab.diff("node-1").text()
+    assert lab.curl("client", "web", n=6).failed == 0
+
+
 def test_lost_memory_means_a_full_sync_over_the_live_table(lab):
     """Like a kube-proxy restart: no memory, the table still there. The first sync recreates
     the base chains (upstream does it once per start) and rewrites everything in one go."""
@@ -201,7 +221,7 @@ def test_upstream_goldens_load_in_the_kernel():
 
     state = load_state(DATA / "overall" / "manifests.yaml")
     for counters in (False, True):
-        text = NftablesProxier.render(state, counters=counters) + "list table ip kube-proxy\n"
+        text = NftablesProxier.preview(state, counters=counters) + "list table ip kube-proxy\n"
         cp = subprocess.run(
             ["unshare", "--net", "--", "nft", "-f", "-"],
             input=text,
@@ -212,5 +232,5 @@ def test_upstream_goldens_load_in_the_kernel():
         assert cp.returncode == 0, cp.stderr
         kernel = {line.split()[1] for line in cp.stdout.splitlines() if line.strip().startswith("chain ")}
         fake = Ruleset()
-        fake.apply(NftablesProxier.render(state))
+        fake.apply(NftablesProxier.preview(state))
         assert kernel == set(fake.chains)

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from kplab.cluster.run import run
-from kplab.proxy.naming import iptables_chain
+from kplab.formats.naming import iptables_chain
 
 pytestmark = [pytest.mark.root]
 LAB = "pkt1"
@@ -89,7 +89,7 @@ def test_conntrack_shows_both_tuples_and_clearing_the_service_removes_them(lab):
     vip = lab.service_ip("web")
     reply = lab.packets("client").udp("web:dns")
     backend = reply.json()
-    node = lab._pod("client")["spec"]["nodeName"]
+    node = lab.pod("client")["spec"]["nodeName"]
     entries = [
         e for e in lab.conntrack(node, "web") if e.proto == "udp" and e.original.sport == reply.sent["sport"]
     ]
@@ -111,7 +111,7 @@ def _check_trace(lab, t, service_chain: str, endpoint_prefix: str) -> None:
     endpoint = next(step for step in t.path if step.startswith(endpoint_prefix))
     assert pods[t.backend] in endpoint and t.backend in endpoint  # the chain named is the backend's
     assert t.nat == f"DNAT {pods[t.backend]}:8080" and t.consistent is True
-    assert t.decided_on == lab._pod("client")["spec"]["nodeName"]
+    assert t.decided_on == lab.pod("client")["spec"]["nodeName"]
     assert_no_trace_leftovers(lab)
 
 
@@ -158,6 +158,14 @@ def test_trace_nftables(lab):
     assert c.per_pod == res.backends
 
 
+def test_trace_of_a_rejected_packet_says_reject_as_the_client_saw(lab):
+    """The kernel traces a reject statement with the verdict drop; the client saw 'refused'."""
+    lab.set_mode("nftables")
+    t = lab.trace("client", f"{lab.service_ip('web')}:81")  # a port the Service does not have
+    assert not t.answer and "refused" in (t.error or "").lower(), t.error
+    assert t.path[-1] == "REJECT in cluster-ips-check", t.path
+
+
 def test_trace_userspace_names_the_proxy_hop(lab):
     from kplab.proxy.base import available_modes
 
@@ -189,6 +197,7 @@ def test_helpers_leave_with_the_lab(lab):
 
     pk = Packets(lab, "client").start()
     pid = int(pk.pidfile.read_text())
+    assert b"kplab.packets.helper" in Path(f"/proc/{pid}/cmdline").read_bytes(), "watch a helper that ran"
     pk.stop()
     time.sleep(0.2)
     cmdline = Path(f"/proc/{pid}/cmdline")

@@ -31,7 +31,7 @@ def get(lab, frm: str, node: str, port: int, path: str = "/"):
 def test_servers_answer_and_follow_the_syncs(lab_factory):
     lab = lab_factory("srv1", mode="iptables")
     lab.apply(LB_LOCAL)
-    hc = lab._service("web")["spec"]["healthCheckNodePort"]
+    hc = lab.service("web")["spec"]["healthCheckNodePort"]
     web = {p.metadata.name: p.spec.node_name for p in lab.pods() if p.metadata.name.startswith("web-")}
     per_node = {n: sum(1 for v in web.values() if v == n) for n in lab.nodes}
     for node in lab.nodes:
@@ -71,7 +71,7 @@ def test_servers_answer_and_follow_the_syncs(lab_factory):
 def test_a_new_mode_is_a_new_kube_proxy_and_none_is_none(lab_factory):
     lab = lab_factory("srv2", mode="iptables")
     lab.apply(LB_LOCAL)
-    hc = lab._service("web")["spec"]["healthCheckNodePort"]
+    hc = lab.service("web")["spec"]["healthCheckNodePort"]
     lab.set_mode("nftables")
     text = get(lab, "outside", "node-1", 10249, "/metrics")[2].decode()
     assert "nftables_sync_failures_total" in text and "iptables" not in text, "fresh metrics for the new mode"

@@ -213,8 +213,10 @@ class Ruleset:
     # --- tracePacket ---------------------------------------------------------------------------
 
     def trace(self, src: str, proto: str, dst: str, dport: int, local_ips: list[str]) -> tuple[str, bool]:
+        """A packet arriving at the node: prerouting (pre-DNAT filter, DNAT), then forward and input."""
         t = _Trace(self, src, proto.lower(), dst, str(dport), set(local_ips))
-        if t.run("filter-prerouting"):
+        pre = "filter-prerouting-pre-dnat" if "filter-prerouting-pre-dnat" in self.chains else "filter-prerouting"
+        if t.run(pre):
             return t.result()
         t.run("nat-prerouting")
         if t.outputs:
@@ -222,6 +224,27 @@ class Ruleset:
         if t.run("filter-forward"):
             return t.result()
         t.run("filter-input")
+        return t.result()
+
+    def trace_output(
+        self, src: str, proto: str, dst: str, dport: int, local_ips: list[str]
+    ) -> tuple[str, bool]:
+        """A packet a host process sends: the output hook's base chains in priority order, the
+        filter ones seeing the destination as DNAT (nat-output) left it when they run after it."""
+        t = _Trace(self, src, proto.lower(), dst, str(dport), set(local_ips))
+        hooked = []
+        for name, chain in self.chains.items():
+            m = re.match(r"type (\w+) hook output priority (-?\d+)", chain.spec)
+            if m:
+                hooked.append((int(m.group(2)), m.group(1) == "filter", name))
+        for _, is_filter, name in sorted(hooked):
+            if is_filter:
+                if t.run(name):
+                    return t.result()
+            else:
+                t.run(name)
+                if t.outputs:
+                    t.dst = t.outputs[0].rsplit(":", 1)[0]
         return t.result()
 
 

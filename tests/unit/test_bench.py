@@ -44,7 +44,20 @@ def test_cluster_ips_skip_taken_and_sizes():
 def test_table_without_results_says_not_measured(tmp_path):
     md = compare.markdown(compare.table(tmp_path))
     lines = md.splitlines()
-    assert lines[0] == "| Feature | Userspace | iptables (default) | IPVS | nftables |"
+    assert lines[0] == "| Feature | Userspace | iptables (default) | IPVS | nftables | eBPF (no kube-proxy) |"
     assert [line.split("|")[1].strip() for line in lines[2:]] == [
         "**Speed**", "**Scalability**", "**Load Balancing**", "**Kernel-Level Processing**", "**Best For**"]
     assert "not measured" in lines[2]
+
+
+def test_a_failing_plain_loader_is_one_line():
+    """Two benchmarks at once: iptables-legacy-restore -w 5 gave up on the shared xtables lock and
+    `kplab bench sync` ended in a CalledProcessError traceback."""
+    import subprocess
+
+    from kplab.bench.sync import timed
+
+    with pytest.raises(KplabError, match=r"plain loader false failed \(exit 1"):
+        timed(lambda: subprocess.run(["false"], check=True))
+    with pytest.raises(KplabError, match=r"plain loader sh failed \(exit 4"):
+        timed(lambda: subprocess.run(["env", "--", "sh", "-c", "exit 4"], check=True))

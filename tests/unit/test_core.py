@@ -7,7 +7,7 @@ import pytest
 import kplab
 from kplab.cluster import controller, deployments, manifests
 from kplab.errors import ManifestError
-from kplab.proxy import naming
+from kplab.formats import naming
 from kplab.proxy.core import Endpoint, ServicePort, ServicePortName, build_state, categorize_endpoints
 
 

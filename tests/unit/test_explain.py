@@ -7,6 +7,7 @@ facts asserted here are the ones /work/shared/real-dumps/SOURCES.md lists for ea
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -374,7 +375,7 @@ def _lab_state(local_policy: bool = False) -> ProxyState:
 
 @pytest.mark.parametrize("local_policy", [False, True], ids=["cluster", "local"])
 def test_our_iptables_render_every_chain_resolves(local_policy):
-    iptables_rules = pytest.importorskip("kplab.proxy.iptables_rules")
+    iptables_rules = pytest.importorskip("kplab.proxy.iptables.rules")
     out = iptables_rules.build(_lab_state(local_policy), iptables_rules.RenderOptions())
     ex = explain(out.text)
     seen: dict[str, tuple[str, str]] = {}
@@ -542,8 +543,17 @@ def test_upstream_iptables_golden_files_resolve(path):
         assert not [a for a in ex.anomalies if "not in this dump" in a]
 
 
+def _with_statements(text: str) -> str:
+    """The rules as `nft list ruleset` shows them after traffic, with a trace and comments added."""
+    text = text.replace("counter ", "counter packets 7 bytes 420 ")
+    return re.sub(r"^(add rule \S+ \S+ \S+ )", r"\1meta nftrace set 1 ", text, flags=re.MULTILINE)
+
+
+@pytest.mark.parametrize("statements", ["plain", "counters", "counters+trace"])
 @pytest.mark.parametrize("local_policy", [False, True], ids=["cluster", "local"])
-def test_our_nftables_render_every_chain_resolves(local_policy):
+def test_our_nftables_render_every_chain_resolves(local_policy, statements):
+    """Counters (the lab loads one in every rule), nftrace and comments before a verdict change nothing
+    (issue 20 item 1: a `counter` before `goto service-` made every Service read as Local)."""
     from kplab.errors import KplabError
     from kplab.proxy.base import proxier_class
 
@@ -552,7 +562,10 @@ def test_our_nftables_render_every_chain_resolves(local_policy):
     except KplabError:
         pytest.skip("nftables mode not in this kplab")
     state = _lab_state(local_policy)
-    ex = explain(cls.render(state))
+    text = cls.preview(state, counters=statements != "plain")
+    if statements == "counters+trace":
+        text = _with_statements(text)
+    ex = explain(text)
     assert ex.format == "nftables" and ex.anomalies == []
     for s in ex.services:
         key = next(k for k in state.services if str(k) == s.name and k.protocol == s.protocol)
@@ -570,7 +583,8 @@ def test_our_nftables_render_every_chain_resolves(local_policy):
     assert "REJECT" in ex.service("shop/empty:api").no_endpoints
 
 
-def test_our_ipvs_render_resolves_with_services():
+@pytest.mark.parametrize("local_policy", [False, True], ids=["cluster", "local"])
+def test_our_ipvs_render_resolves_with_services(local_policy):
     from kplab.errors import KplabError
     from kplab.proxy.base import proxier_class
 
@@ -578,15 +592,90 @@ def test_our_ipvs_render_resolves_with_services():
         cls = proxier_class("ipvs")
     except KplabError:
         pytest.skip("ipvs mode not in this kplab")
-    state = _lab_state()
+    state = _lab_state(local_policy)
     catalog = Catalog()
     for key, sp in state.services.items():
         catalog.add(sp, state.endpoints_of(key))
-    ex = explain(cls.render(state), catalog)
-    assert ex.format == "ipvs" and ex.anomalies == []
+    ex = explain(cls.preview(state), catalog)
+    assert ex.format == "ipvs"
+    assert [a for a in ex.all_anomalies() if "empty" not in a] == [], "only shop/empty has no real servers"
     web = ex.service("default/web:http", "TCP")
     assert {e.kind for e in web.entries} == {"ClusterIP", "NodePort"}
     assert [e.pod for e in web.endpoints] == ["web-12", "web-13", "web-22", "web-23"]
+    assert web.external_policy == ("Local" if local_policy else "Cluster")
+    assert [e.pod for e in web.local_endpoints] == (["web-12", "web-13"] if local_policy else [])
     cart = ex.service("shop/cart")
     assert cart.affinity_seconds == 600 and {e.kind for e in cart.entries} == {"ClusterIP", "ExternalIP"}
     assert ex.service("shop/empty:api").endpoints == []
+
+
+IPVS_STATS = """IP Virtual Server version 1.2.1 (size=4096)
+Prot LocalAddress:Port               Conns   InPkts  OutPkts  InBytes OutBytes
+  -> RemoteAddress:Port
+TCP  10.96.216.130:80                    9       54       36     3456     4320
+  -> 10.244.1.3:8080                     3       18       12     1152     1440
+"""
+
+
+def test_ipvs_stats_listing_is_named_not_misread():
+    """`ipvsadm -Ln --stats` (the IPVS mode's counters) read its Conns column as the scheduler and
+    found no real servers (issue 20 item 1: every mode's dump, with and without counters)."""
+    with pytest.raises(DumpError, match=r"ipvsadm -Ln --stats.*give `ipvsadm -Ln`"):
+        explain(IPVS_STATS)
+    rate = IPVS_STATS.replace("Conns   InPkts  OutPkts  InBytes OutBytes", "CPS    InPPS   OutPPS    InBPS   OutBPS")
+    with pytest.raises(DumpError, match="--stats"):
+        explain(rate)
+
+
+# What `ipvsadm -Ln` prints in the IPVS VM for a lab with `web` (NodePort, Cluster) and
+# `web-local` (LoadBalancer, externalIPs, externalTrafficPolicy Local): node-1's external
+# virtual servers of web-local hold node-1's one endpoint, its ClusterIP all three, and the
+# kernel lists an external one first.
+IPVS_LOCAL = """IP Virtual Server version 1.2.1 (size=4096)
+Prot LocalAddress:Port Scheduler Flags
+  -> RemoteAddress:Port           Forward Weight ActiveConn InActConn
+TCP  172.18.255.9:8080 rr
+  -> 10.244.1.2:8080              Masq    1      0          0
+TCP  10.96.0.20:80 rr
+  -> 10.244.1.2:8080              Masq    1      0          0
+  -> 10.244.2.2:8080              Masq    1      0          0
+  -> 10.244.2.3:8080              Masq    1      0          0
+TCP  172.18.0.2:30080 rr
+  -> 10.244.1.2:8080              Masq    1      0          0
+  -> 10.244.2.2:8080              Masq    1      0          0
+  -> 10.244.2.3:8080              Masq    1      0          0
+TCP  10.96.0.30:8080 rr
+  -> 10.244.1.2:8080              Masq    1      0          0
+  -> 10.244.2.2:8080              Masq    1      0          0
+  -> 10.244.2.3:8080              Masq    1      0          0
+TCP  172.18.0.2:31999 rr
+  -> 10.244.1.2:8080              Masq    1      0          0
+"""
+
+
+def test_ipvs_external_local_read_from_the_local_real_servers():
+    """issue 20 / test_explain_dumps[ipvs]: web-local's external virtual servers holding only the
+    node's endpoint read as 'other real servers' anomalies with externalTrafficPolicy=Cluster,
+    and the endpoints came from whichever virtual server the kernel listed first."""
+    eps = [Endpoint(ip, 8080) for ip in ("10.244.1.2", "10.244.2.2", "10.244.2.3")]
+    catalog = Catalog()
+    catalog.add(ServicePort(ServicePortName("default", "web", "http"), "10.96.0.20", 80,
+                            node_port=30080, service_type="NodePort"), eps)
+    catalog.add(ServicePort(ServicePortName("default", "web-local", "http"), "10.96.0.30", 8080,
+                            node_port=31999, external_ips=("172.18.255.9",), external_policy_local=True,
+                            service_type="LoadBalancer"), eps)
+    ex = explain(IPVS_LOCAL, catalog)
+    assert ex.all_anomalies() == []
+    web, local = ex.service("default/web:http"), ex.service("default/web-local:http")
+    assert web.external_policy == "Cluster" and web.local_endpoints == []
+    assert local.external_policy == "Local"
+    assert [e.address for e in local.endpoints] == [e.address for e in eps]
+    assert [e.address for e in local.local_endpoints] == ["10.244.1.2:8080"]
+    assert {e.kind for e in local.entries} == {"ClusterIP", "ExternalIP", "NodePort"}
+    # a node without local endpoints: upstream falls back to all of them; the listing says Local
+    all_three = IPVS_LOCAL.split("TCP  10.96.0.30:8080 rr\n")[1].split("TCP")[0]
+    one = "  -> 10.244.1.2:8080              Masq    1      0          0\n"
+    fallback = IPVS_LOCAL.replace(f"9:8080 rr\n{one}", f"9:8080 rr\n{all_three}").replace(f"31999 rr\n{one}", f"31999 rr\n{all_three}")
+    ex = explain(fallback, catalog)
+    assert ex.all_anomalies() == []
+    assert ex.service("default/web-local:http").external_policy == "Local"

@@ -10,8 +10,8 @@ from __future__ import annotations
 import pytest
 from iptables_upstream import DATA, Tracer, flow_cases, load_state, sort_rules, upstream_config
 
-from kplab.proxy.iptables_rules import RenderOptions, build, changed_services, probability, service_digests
-from kplab.proxy.naming import iptables_chain, iptables_sep_chain
+from kplab.formats.naming import iptables_chain, iptables_sep_chain
+from kplab.proxy.iptables.rules import RenderOptions, build, changed_services, probability, service_digests
 
 
 def render(state, **extra):
@@ -95,8 +95,8 @@ def test_packet_flows(case):
 
 
 def test_fast_hash_matches_naming():
-    from kplab.proxy.iptables_rules import hash16
-    from kplab.proxy.naming import port_proto_hash
+    from kplab.formats.naming import port_proto_hash
+    from kplab.proxy.iptables.rules import hash16
 
     for name in ("ns4/svc4:p80", "default/kubernetes:https", "a/b", "x" * 300):
         assert hash16(name + "tcp") == port_proto_hash(name, "tcp")

@@ -11,9 +11,9 @@ from __future__ import annotations
 import pytest
 
 from kplab.errors import KplabError
-from kplab.proxy import ipvs_rules as R
 from kplab.proxy.core import Endpoint, ProxyState, ServicePort, ServicePortName
-from kplab.proxy.ipvs import IpvsProxier, sysctls
+from kplab.proxy.ipvs import rules as R
+from kplab.proxy.ipvs.proxier import IpvsProxier, sysctls
 
 NODE = "testHostname"
 
@@ -163,7 +163,7 @@ def test_affinity_is_persistence_with_the_service_timeout():
 
 @pytest.mark.parametrize("scheduler", ["rr", "lc", "wrr", "wlc", "sh", "dh", "sed", "nq"])
 def test_scheduler_is_selectable(scheduler):
-    text = IpvsProxier.render(state((svc(), [ep("10.180.0.1")])), scheduler=scheduler)
+    text = IpvsProxier.preview(state((svc(), [ep("10.180.0.1")])), scheduler=scheduler)
     assert f"-A -t 10.20.30.41:80 -s {scheduler}\n" in text
 
 
@@ -175,7 +175,7 @@ def test_mh_sets_the_mh_port_flag():
 
 def test_unknown_scheduler_is_one_clear_error():
     with pytest.raises(KplabError, match="unknown IPVS scheduler 'fastest'"):
-        IpvsProxier.render(state(), scheduler="fastest")
+        IpvsProxier.preview(state(), scheduler="fastest")
 
 
 def test_headless_services_are_skipped():
@@ -205,7 +205,7 @@ def test_parse_ipset_save_keeps_only_our_sets():
 
 
 def test_render_shows_all_four_layers_and_the_jumps():
-    text = IpvsProxier.render(state((svc(node_port=3001), [ep("10.180.0.1")])))
+    text = IpvsProxier.preview(state((svc(node_port=3001), [ep("10.180.0.1")])))
     for part in ("ip addr add 10.20.30.41/32 dev kube-ipvs0", "-a -t 10.20.30.41:80 -r 10.180.0.1:80 -m -w 1",
                  "create KUBE-CLUSTER-IP hash:ip,port", "add KUBE-NODE-PORT-TCP 3001", "*nat", "*filter",
                  '-I PREROUTING -m comment --comment "kubernetes service portals" -j KUBE-SERVICES',

@@ -4,6 +4,8 @@ Inputs are upstream's nftables proxier_test.go cases re-typed as YAML under data
 expected dumps are upstream's, compared the way its assertNFTablesTransactionEqual does
 (sortNFTablesTransaction of a knftables-Fake-style dump); the cases upstream checks by tracing
 packets (runPacketFlowTests) are traced with the same semantics over the same kind of dump.
+The dumps here are the 1.33 layout's (`nftables_version="1.33"`); the current layout's are
+held against data/nftables/v1.34/ by test_nftables_v134.py; the packet flows run on both.
 """
 
 from __future__ import annotations
@@ -15,10 +17,11 @@ import yaml
 from nftables_upstream import DATA, NODE_IPS, Ruleset, load_state, normalize, state_of
 
 from kplab.errors import KplabError
-from kplab.proxy.naming import hash_and_truncate, nft_endpoint_base, nft_service_base
-from kplab.proxy.nftables import Memory, NftablesProxier, plan
+from kplab.formats.naming import hash_and_truncate, nft_endpoint_base, nft_service_base
+from kplab.proxy.nftables.proxier import Memory, NftablesProxier, plan
 
 BASE = (DATA / "base.nft").read_text()
+V133 = {"nftables_version": "1.33"}
 
 
 def loaded(text: str) -> Ruleset:
@@ -75,31 +78,33 @@ def test_upstream_name_vectors():
 def test_overall_nftables_rules():
     """TestOverallNFTablesRules: every kind of service in one table."""
     state = load_state(DATA / "overall" / "manifests.yaml")
-    got = loaded(NftablesProxier.render(state)).dump()
+    got = loaded(NftablesProxier.preview(state, **V133)).dump()
     assert normalize(got) == normalize(BASE + (DATA / "overall" / "expected.nft").read_text())
 
 
 def test_bad_ips():
     """TestBadIPs: leading zeros in IPs and CIDRs come out as valid, canonical nft addresses."""
     state = load_state(DATA / "bad-ips" / "manifests.yaml")
-    got = loaded(NftablesProxier.render(state)).dump()
+    got = loaded(NftablesProxier.preview(state, **V133)).dump()
     assert normalize(got) == normalize(BASE + (DATA / "bad-ips" / "expected.nft").read_text())
 
 
 def test_render_is_one_transaction_of_upstream_shape():
     state = load_state(DATA / "overall" / "manifests.yaml")
-    text = NftablesProxier.render(state)
+    text = NftablesProxier.preview(state)
     assert text.startswith('add table ip kube-proxy { comment "rules for kube-proxy" ; }\n')
-    # a freshly started kube-proxy recreates its base chains once, then creates and flushes all
+    # a freshly started kube-proxy recreates its base chains once, then creates and flushes its
+    # chains; map elements are diffed against what the kernel holds, not flushed
     assert "add chain ip kube-proxy nat-prerouting\ndelete chain ip kube-proxy nat-prerouting\n" in text
-    assert "flush map ip kube-proxy service-ips\n" in text
+    assert "flush chain ip kube-proxy services\n" in text
+    assert "flush map" not in text
     assert "# ns5/svc5:p80\n" in text  # readable section headers (nft ignores comments)
 
 
 def test_counters_only_add_counter_statements():
     state = load_state(DATA / "overall" / "manifests.yaml")
-    plain = NftablesProxier.render(state).split("\n")
-    counted = NftablesProxier.render(state, counters=True).split("\n")
+    plain = NftablesProxier.preview(state).split("\n")
+    counted = NftablesProxier.preview(state, counters=True).split("\n")
     assert len(plain) == len(counted)
     for a, b in zip(plain, counted):
         assert a == b or (b.startswith("add rule ") and b.replace(" counter", "", 1) == a), (a, b)
@@ -129,14 +134,16 @@ FLOW_CASES = [
 ]
 
 
+@pytest.mark.parametrize("layout", ["1.34", "1.33"])
 @pytest.mark.parametrize(
     "case,variant,config,overrides", FLOW_CASES, ids=[f"{c}-{v}" for c, v, _, _ in FLOW_CASES]
 )
-def test_packet_flows_like_upstream(case, variant, config, overrides):
+def test_packet_flows_like_upstream(case, variant, config, overrides, layout):
     """runPacketFlowTests of TestNoEndpointsReject, TestClusterIPGeneral, TestLoadBalancer,
     TestNodePorts, TestExternalTrafficPolicyLocal/Cluster and TestInternalExternalMasquerade."""
     config = {k: tuple(v) if isinstance(v, list) else v for k, v in config.items()}
-    rs = loaded(NftablesProxier.render(load_state(DATA / case / "manifests.yaml", **config)))
+    rs = loaded(NftablesProxier.preview(load_state(DATA / case / "manifests.yaml", **config),
+                                       nftables_version=layout))
     flows = yaml.safe_load((DATA / case / "flows.yaml").read_text())["flows"]
     assert set(overrides) <= {f["name"] for f in flows}
     failures = []
@@ -159,7 +166,7 @@ def test_sync_proxy_rules_repeated():
     for i, step in enumerate(spec["steps"]):
         if step.get("age"):
             now += 2.0
-        p = plan(state_of([objects[n] for n in step["objects"]]), memory, now=now)
+        p = plan(state_of([objects[n] for n in step["objects"]]), memory, now=now, layout="1.33")
         ops = rs.apply(p.tx.text())
         memory.commit(p.delta)
         where = f"step {i} ({step['name']})"
@@ -176,7 +183,7 @@ def test_sync_proxy_rules_repeated():
 
 def test_first_sync_flushes_leftovers_it_finds():
     """With no memory (restart), chains and affinity sets found in the kernel are handled."""
-    from kplab.proxy.nftables import Existing
+    from kplab.proxy.nftables.proxier import Existing
 
     state = load_state(DATA / "overall" / "manifests.yaml")
     leftover = "service-AAAAAAAA-old/svc/tcp/p80"
@@ -203,10 +210,10 @@ def test_config_change_forces_full_sync():
 def test_nodeport_addresses():
     """nftables' default is the primary node IP; 0.0.0.0/0 means every local address (fib)."""
     state = load_state(DATA / "node-ports" / "manifests.yaml", nodeport_addresses=())
-    text = NftablesProxier.render(state)
+    text = NftablesProxier.preview(state)
     assert "add element ip kube-proxy nodeport-ips { 192.168.0.2 }\n" in text
     state = load_state(DATA / "node-ports" / "manifests.yaml", nodeport_addresses=("0.0.0.0/0",))
-    rs = loaded(NftablesProxier.render(state))
+    rs = loaded(NftablesProxier.preview(state))
     assert "nodeport-ips" not in rs.containers
     assert rs.chains["services"].rules[1][0] == (
         "fib daddr type local ip daddr != 127.0.0.0/8 meta l4proto . th dport vmap @service-nodeports"
@@ -232,4 +239,4 @@ def test_memory_is_a_file_that_outlives_the_process(tmp_path: Path):
 def test_bad_configuration_is_one_clear_error(field, value):
     state = load_state(DATA / "node-ports" / "manifests.yaml", **{field: value})
     with pytest.raises(KplabError, match="is not a CIDR"):
-        NftablesProxier.render(state)
+        NftablesProxier.preview(state)

@@ -214,3 +214,36 @@ def test_node_labels_give_zones_in_turn_and_refuse_bad_ones():
     assert controller.node_labels("node-1", nodes, []) == {"kubernetes.io/hostname": "node-1"}
     with pytest.raises(LabError, match="zone 'eu west': a label value"):
         controller.node_labels("node-1", nodes, ["eu west"])
+
+
+def test_feed_finish_is_linear_in_endpoint_slices(tmp_path, monkeypatch):
+    """10,000 Services applied at once: finish() rebuilt the set of slice names once per trigger, so
+    one `kplab apply` spent minutes here (test_hub's learner with 10,000 Services); now once per sync."""
+    from types import SimpleNamespace
+
+    from kplab.proxy.servers import feed
+
+    n, now = 2000, time.time()
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now + 5))
+    slices = {f"default/s{i}": {"metadata": {"name": f"s{i}", "namespace": "default",
+                                             "annotations": {report.TRIGGER_ANNOTATION: stamp}}}
+              for i in range(n)}
+    lab = SimpleNamespace(store=SimpleNamespace(dir=tmp_path), node_ip=lambda n: "172.18.0.11", netns=str,
+                          mode="iptables", stored_objects=lambda: {"EndpointSlice": slices})
+    f = feed.Feed(lab, {"node-1": ProxyState()})
+    f.memory = {"node-1": {"mode": "iptables", "epoch": 1, "services": {}, "slices": {}, "triggers": {},
+                           "since": now - 60}}
+    f.synced("node-1", SimpleNamespace(seconds=0.1, full=True))
+    calls = 0
+    real = report.object_key
+
+    def counted(o):
+        nonlocal calls
+        calls += 1
+        return real(o)
+
+    monkeypatch.setattr(report, "object_key", counted)
+    monkeypatch.setattr(feed, "notify", lambda lab, spec: None)
+    f.finish()
+    assert len(f.memory["node-1"]["triggers"]) == n
+    assert calls <= 5 * n, f"{calls} object_key calls for {n} slices: quadratic"

@@ -82,4 +82,69 @@ def test_a_reject_ends_the_path():
         ),
     ]
     path, nat, _ = decision(parse_xtables(lines, "node-1"))
-    assert nat == "" and path == ["KUBE-SERVICES", "DROP in KUBE-SERVICES (shop/empty:api)"]
+    assert nat == "" and path == ["KUBE-SERVICES", "REJECT in KUBE-SERVICES (shop/empty:api)"]
+
+
+def test_the_kernels_drop_verdict_of_a_reject_rule_reads_reject():
+    """08 case 6 printed 'DROP in cluster-ips-check' while the client saw 'refused': the kernel's
+    trace gives a reject statement the verdict drop (it answers, then drops the packet)."""
+    lines = [
+        ("trace id 1a ip kube-proxy filter-forward packet: iif \"cni0\" oif \"eth0\" ip saddr 10.244.1.2 "
+        "ip daddr 10.96.0.40 tcp dport 80 tcp flags == syn"),
+        "trace id 1a ip kube-proxy filter-forward rule ct state new jump cluster-ips-check (verdict jump cluster-ips-check)",
+        ('trace id 1a ip kube-proxy cluster-ips-check rule ip daddr @cluster-ips reject comment "Reject traffic to '
+        'invalid ports of ClusterIPs" (verdict drop)'),
+        ('trace id 1b ip kube-proxy filter-forward rule ip daddr 10.0.0.9 counter packets 1 bytes 60 drop '
+        'comment "a reject in a comment is not a reject" (verdict drop)'),
+    ]
+    hops = parse_nft(lines, "node-1")
+    assert [h.verdict for h in hops] == ["JUMP", "REJECT", "DROP"]
+    path, _, _ = decision(hops)
+    assert path == ["cluster-ips-check", "REJECT in cluster-ips-check"]
+    xt = (" TRACE: 2 aa filter:KUBE-EXTERNAL-SERVICES:rule:0x7:DROP  -4 -t filter -A KUBE-EXTERNAL-SERVICES "
+          '-m comment --comment "-j REJECT is not this rule\'s target" -j DROP')
+    assert parse_xtables([xt])[0].verdict == "DROP"
+
+
+def test_a_path_without_a_deciding_node_reads_path_not_path_on_nothing():
+    """The IPVS trace recorded in the VM printed 'path on :' (its DNAT is in IPVS, not in a traced rule)."""
+    from kplab.inspect.trace import Trace
+
+    t = Trace("ipvs", "client", "web", "tcp", "10.244.1.3:23456", "10.96.0.20:80",
+              path=["IPVS virtual server 10.96.0.20:80", "real server 10.244.2.3:8080"])
+    assert "path on :" not in t.text() and "\npath:\n" in t.text()
+    t.decided_on = "node-1"
+    assert "path on node-1:" in t.text()
+
+
+CASE7 = [  # 08 case 7, as xtables-monitor printed it: INPUT jumps to chains that return, then the DROP
+    "PACKET: 2 aa IN=eth0 OUT= SRC=172.18.0.100 DST=172.18.0.12 SPORT=29469 DPORT=30090 SYN",
+    " TRACE: 2 aa filter:INPUT:rule:0x2:JUMP:KUBE-FIREWALL  -4 -t filter -A INPUT -j KUBE-FIREWALL",
+    " TRACE: 2 aa filter:INPUT:rule:0x3:JUMP:KUBE-PROXY-FIREWALL  -4 -t filter -A INPUT -j KUBE-PROXY-FIREWALL",
+    " TRACE: 2 aa filter:INPUT:rule:0x4:JUMP:KUBE-NODEPORTS  -4 -t filter -A INPUT -j KUBE-NODEPORTS",
+    " TRACE: 2 aa filter:INPUT:rule:0x5:JUMP:KUBE-EXTERNAL-SERVICES  -4 -t filter -A INPUT -j KUBE-EXTERNAL-SERVICES",
+    (' TRACE: 2 aa filter:KUBE-EXTERNAL-SERVICES:rule:0x9:DROP  -4 -t filter -A KUBE-EXTERNAL-SERVICES -p tcp '
+     '-m comment --comment "default/solo:http has no local endpoints" -m tcp --dport 30090 -j DROP'),
+]
+
+
+def test_the_path_leaves_out_chains_the_packet_returned_from():
+    """08 case 7's path read 'KUBE-FIREWALL -> KUBE-PROXY-FIREWALL -> KUBE-NODEPORTS -> ...': chains
+    INPUT jumped to and came back from are not where the packet was dropped."""
+    path, _, _ = decision(parse_xtables(CASE7, "node-2"))
+    assert path == ["KUBE-EXTERNAL-SERVICES", "DROP in KUBE-EXTERNAL-SERVICES (default/solo:http)"]
+
+
+def test_a_retransmitted_packet_is_shown_once_and_counted():
+    """08 case 7's trace listed the same SYN's rules three times over (two retransmissions)."""
+    from kplab.inspect.trace import Trace
+
+    lines = CASE7 + [line.replace(" 2 aa ", " 3 bb ") for line in CASE7] + [
+        line.replace(" 2 aa ", " 4 cc ") for line in CASE7]
+    hops = parse_xtables(lines, "node-2")
+    t = Trace("iptables", "outside", "node-2:solo", "tcp", "172.18.0.100:29469", "172.18.0.12:30090", hops=hops)
+    text = t.text()
+    assert text.count("filter:INPUT  JUMP KUBE-FIREWALL") == 1
+    assert "the same again, 2 more times: the client sent this packet 3 times" in text
+    t.hops = hops[: len(hops) // 3 * 2] + hops[:2]  # not a clean repetition: every hop is shown
+    assert t.text().count("filter:INPUT  JUMP KUBE-FIREWALL") == 3

@@ -21,8 +21,8 @@ from typing import Any
 
 import pytest
 
-from kplab.proxy.userspace import control
-from kplab.proxy.userspace_proxy import (
+from kplab.proxy.userspace.proxier import control
+from kplab.proxy.userspace.proxy import (
     PID_FILE,
     TABLE_FILE,
     launch_argv,

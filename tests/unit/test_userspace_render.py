@@ -8,9 +8,10 @@ import pytest
 
 from kplab.errors import KplabError, ProxierError
 from kplab.proxy.core import Endpoint, ProxyState, ServicePort, ServicePortName
-from kplab.proxy.userspace import (
+from kplab.proxy.userspace.proxier import UserspaceProxier
+from kplab.proxy.userspace.relay import Balancer
+from kplab.proxy.userspace.rules import (
     JUMPS,
-    UserspaceProxier,
     _ours,
     allocate_proxy_ports,
     build_table,
@@ -18,7 +19,6 @@ from kplab.proxy.userspace import (
     render_restore,
     table_from_input,
 )
-from kplab.proxy.userspace_relay import Balancer
 
 HTTP = ServicePortName("default", "web", "http", "TCP")
 DNS = ServicePortName("default", "web", "dns", "UDP")
@@ -71,7 +71,7 @@ COMMIT
 
 
 def test_render_nodeport_service_matches_upstream_shape() -> None:
-    head, text = UserspaceProxier.render(web_state()).split("\n", 1)
+    head, text = UserspaceProxier.preview(web_state()).split("\n", 1)
     assert head == "# kube-proxy userspace mode (historical: deprecated in 1.23, removed upstream in 1.26)"
     assert text.startswith(EXPECTED)
     table = text[len(EXPECTED):]
@@ -126,7 +126,7 @@ def test_cluster_ip_service_has_no_nodeport_rules_and_sctp_is_skipped() -> None:
     table = build_table(state)
     assert [p.name for p in table.portals] == ["default/db"]
     assert table.portals[0].affinity_seconds == 30 and table.portals[0].endpoints == ()
-    text = UserspaceProxier.render(state)
+    text = UserspaceProxier.preview(state)
     assert "-A KUBE-NODEPORT-" not in text
     assert "--to-destination 172.18.0.12:20000" in text
     assert "# skipped: default/db SCTP: not supported by the userspace proxy" in text

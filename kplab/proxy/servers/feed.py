@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from kplab.cluster.netns import entered
-from kplab.cluster.store import pid_alive_and_ours, spawn_detached
+from kplab.cluster.store import START_TIMEOUT, pid_alive_and_ours, spawn_detached
 from kplab.errors import LabError
 from kplab.proxy.core import ProxyState
 from kplab.proxy.servers import report
@@ -45,7 +45,7 @@ NO_HEALTH_CHECKS = ("userspace",)  # the userspace proxier never had a service h
 class Feed:
     def __init__(self, lab: Any, states: dict[str, ProxyState]) -> None:
         self.lab, self.states, self.dir = lab, states, Path(lab.store.dir)
-        self.mode = lab.data["mode"]
+        self.mode = lab.mode
         self.results: dict[str, Any] = {}
         self.ended: dict[str, float] = {}
         self.begun = time.time()
@@ -62,7 +62,7 @@ class Feed:
     # -- around the syncs ------------------------------------------------------------------
     def begin(self) -> None:
         ensure_agent(self.lab)
-        objs = self.lab.data["objects"]
+        objs = self.lab.stored_objects()
         services = report.digests(list(objs.get("Service", {}).values()))
         slices = report.digests(list(objs.get("EndpointSlice", {}).values()))
         events = []
@@ -79,7 +79,8 @@ class Feed:
         self._append(events)
 
     def finish(self) -> None:
-        slices = list(self.lab.data["objects"].get("EndpointSlice", {}).values())
+        slices = list(self.lab.stored_objects().get("EndpointSlice", {}).values())
+        alive = {report.object_key(s) for s in slices}  # once: per trigger it made 10,000 Services take minutes
         events, failed = [], next((n for n in self.states if n not in self.results), None)
         for node, state in self.states.items():
             m = self.memory[node]
@@ -90,12 +91,13 @@ class Feed:
                 continue
             res, end = self.results[node], self.ended[node]
             triggers = report.trigger_times(slices, m["triggers"], m["since"])
-            m["triggers"] = {k: v for k, v in {**m["triggers"], **triggers}.items()
-                             if k in {report.object_key(s) for s in slices}}
+            m["triggers"] = {k: v for k, v in {**m["triggers"], **triggers}.items() if k in alive}
             events.append({"node": node, "epoch": m["epoch"], "kind": "synced", "ok": True, "t": end,
                            "seconds": float(res.seconds), "full": bool(res.full),
                            "programming": [max(0.0, end - t) for t in triggers.values()],
-                           "no_local": report.no_local_endpoints(state)})
+                           "no_local": report.no_local_endpoints(state),
+                           "iptables_rules": dict(getattr(res, "iptables_rules", {}) or {}),
+                           "conntrack": getattr(res, "conntrack", None)})
         self._append(events)
         for node in [n for n in self.memory if n not in self.states]:
             self.memory[node]["mode"] = "none"  # no kube-proxy there now: the next one is a new one
@@ -167,7 +169,7 @@ def ensure_agent(lab: Any) -> None:
     generation = _write_spec(d, {"nodes": {}})
     pid = spawn_detached([sys.executable, "-m", AGENT, str(d)], d / "servers.log")
     (d / "servers.pid").write_text(str(pid))
-    lab.data.setdefault("pids", {})["servers"] = pid
+    lab.record_pid("servers", pid)
     _wait(d, generation)
 
 
@@ -192,7 +194,8 @@ def _write_spec(d: Path, spec: dict[str, Any]) -> int:
     return generation
 
 
-def _wait(d: Path, generation: int, timeout: float = 30.0) -> None:
+def _wait(d: Path, generation: int, timeout: float | None = None) -> None:
+    timeout = START_TIMEOUT if timeout is None else timeout
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         try:

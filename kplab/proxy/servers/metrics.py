@@ -4,8 +4,11 @@ Names, help texts, buckets and labels follow upstream (metrics.go and the 1.33+ 
 reference, where most carry an `ip_family` label); help texts get component-base's "[ALPHA] "
 prefix, and no `_created` series (the Go client has none).  RegisterMetrics(mode) registers
 the core set for every mode plus the mode's own.  The iptables rule-count gauges
-(`sync_proxy_rules_iptables_total`/`_last`, per table) and the conntrack reconciler's metrics
-are not served: the lab's syncs do not report those numbers yet.
+(`sync_proxy_rules_iptables_total`/`_last`, per table) count like upstream's proxier: the
+filter rules, and the nat rules written plus those of unchanged services a partial sync
+skipped.  The conntrack reconciler's metrics
+(kernel modes) follow the stale-UDP cleanup of each sync (kplab.proxy.stale_udp); with the
+lab's cleanup off they stay at zero.
 """
 
 from __future__ import annotations
@@ -61,7 +64,18 @@ class NodeMetrics:
         if mode in ("iptables", "ipvs"):
             self.failures = counter("sync_proxy_rules_iptables_restore_failures_total",
                                     "Cumulative proxy iptables restore failures", ("ip_family",))
+        self.ct_seconds = self.ct_deleted = None
+        if mode in ("iptables", "ipvs", "nftables"):
+            self.ct_seconds = hist("conntrack_reconciler_sync_duration_seconds",
+                                   "ReconcileConntrackFlowsLatency latency in seconds", SYNC_BUCKETS)
+            self.ct_deleted = counter("conntrack_reconciler_deleted_entries_total",
+                                      "Cumulative conntrack flows deleted by conntrack reconciler", ("ip_family",))
+        self.rules_total = self.rules_last = None
         if mode == "iptables":
+            self.rules_total = gauge("sync_proxy_rules_iptables_total", "Total number of iptables rules owned by kube-proxy",
+                                     ("table", "ip_family"))
+            self.rules_last = gauge("sync_proxy_rules_iptables_last",
+                                    "Number of iptables rules written by kube-proxy in last sync", ("table", "ip_family"))
             self.partial_failures = counter("sync_proxy_rules_iptables_partial_restore_failures_total",
                                             "Cumulative proxy iptables partial restore failures", ("ip_family",))
         if mode == "nftables":
@@ -97,3 +111,11 @@ class NodeMetrics:
             self.npl.labels(FAMILY).observe(latency)
         for policy, n in event.get("no_local", {}).items():
             self.no_local.labels(policy, FAMILY).set(n)
+        if event.get("conntrack") and self.ct_seconds is not None and self.ct_deleted is not None:
+            seconds, deleted = event["conntrack"]
+            self.ct_seconds.labels(FAMILY).observe(seconds)
+            self.ct_deleted.labels(FAMILY).inc(deleted)
+        if self.rules_total is not None and self.rules_last is not None:
+            for table, (total, last) in (event.get("iptables_rules") or {}).items():
+                self.rules_total.labels(table, FAMILY).set(total)
+                self.rules_last.labels(table, FAMILY).set(last)
