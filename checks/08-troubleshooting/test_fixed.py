@@ -19,7 +19,7 @@ from kplab.grading.probes import (
 )
 
 
-def serves(lab, service: str, n: int = 20) -> None:
+def serves(lab, service: str, n: int = 40) -> None:
     """The Service answers from every pod of the Deployment of the same name, whatever their labels."""
     service_of(lab, service)
     want = set(pods_of_deployment(lab, service))

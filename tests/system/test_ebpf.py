@@ -246,12 +246,12 @@ def test_tc_only_when_socket_lb_is_off(lab):
         lab.apply(STICKY)
         sticky = lab.curl("client", "sticky", n=12)
         assert sticky.ok == 12 and len(sticky.backends) == 1, f"tc affinity by client IP: {sticky.backends}"
-        eps = lab.curl("outside", "node-1:web:http", n=12)
-        assert eps.ok == 12 and len(eps.backends) == 3, eps.errors
+        eps = lab.curl("outside", "node-1:web:http", n=45)
+        assert eps.ok == 45 and len(eps.backends) == 3, eps.errors
         # a pod to its own node's NodePort: the replies' source is the node's own address, which
         # the stack drops as martian; the program sends them to the pod itself
-        own = lab.curl("client", "node-1:web:http", n=12)
-        assert own.ok == 12 and len(own.backends) == 3, own.errors
+        own = lab.curl("client", "node-1:web:http", n=45)
+        assert own.ok == 45 and len(own.backends) == 3, own.errors
         assert lab.curl("node-1", "web", n=1, timeout=0.5).ok == 0, "no tc hook sees what the node itself sends"
     finally:
         lab.set_mode("ebpf", socket_lb=True)

@@ -123,8 +123,8 @@ def test_deleting_a_deployment_removes_its_namespaces_and_applying_it_again_work
     lab.delete(API)
     assert not {f"kplab-{NAME}-{p}" for p in first} & set(lab_namespaces(NAME))
     assert lab.apply(API) == ["deployment.apps/api created", "service/api created"]
-    res = lab.curl("client", "api", n=12)
-    assert res.ok == 12 and set(res.backends) == pod_names(lab, "api"), res.errors
+    res = lab.curl("client", "api", n=30)
+    assert res.ok == 30 and set(res.backends) == pod_names(lab, "api"), res.errors
     lab.delete(API)
     other = yaml.safe_load_all(API.read_text())
     docs = [d for d in other]
