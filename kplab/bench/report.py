@@ -106,7 +106,10 @@ def loadavg() -> float:
 
 # ------------------------------------------------------------------ files
 def results_dir() -> Path:
-    """bench/results of the source tree when kplab runs from one, else ./bench/results."""
+    """$KPLAB_BENCH_RESULTS (the throwaway VM's writable window: its source tree is read-only), else
+    bench/results of the source tree when kplab runs from one, else ./bench/results."""
+    if os.environ.get("KPLAB_BENCH_RESULTS"):
+        return Path(os.environ["KPLAB_BENCH_RESULTS"])
     if (PROJECT_ROOT / "bench").is_dir() and (PROJECT_ROOT / "kplab").is_dir():
         return PROJECT_ROOT / "bench" / "results"
     return Path.cwd() / "bench" / "results"

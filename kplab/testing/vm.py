@@ -13,7 +13,8 @@ the very same tree and `.venv` as the host; nothing is copied.  One boot serves 
 suite.  The VM is bounded by a timeout and killed with its whole session when it expires; its
 temporary directory (results, and virtme's own files via TMPDIR) is removed in every case.
 `python -m kplab.testing.vm [--collect DIR] -- ARGV` runs any `python ARGV` the same way
-(bench/sync.py --mode ipvs ... --json {results}/sync-ipvs.json, collected back into DIR).  What the VM path needs (qemu, the kernel, a
+(bench/sync.py --mode ipvs ...: a benchmark's JSON goes to the guest's results window and back
+into DIR).  What the VM path needs (qemu, the kernel, a
 static busybox for virtme's initramfs, virtme-ng) is installed on first use: `ensure_tools()`.
 
 KVM is not used unless KPLAB_VM_KVM=1: on the machines we measured, KVM guests hang at boot
@@ -310,6 +311,7 @@ def _inner(results: Path) -> int:
         os.environ,
         PYTHONDONTWRITEBYTECODE="1",
         KPLAB_IN_VM="1",
+        KPLAB_BENCH_RESULTS=str(results),  # a benchmark's JSON lands where --collect picks it up
         KPLAB_START_TIMEOUT="300",  # under TCG the lab's processes take tens of seconds to import
         TMPDIR="/tmp",
         PATH=f"{Path(sys.executable).parent}:{GUEST_PATH}",

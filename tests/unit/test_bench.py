@@ -61,3 +61,10 @@ def test_a_failing_plain_loader_is_one_line():
         timed(lambda: subprocess.run(["false"], check=True))
     with pytest.raises(KplabError, match=r"plain loader sh failed \(exit 4"):
         timed(lambda: subprocess.run(["env", "--", "sh", "-c", "exit 4"], check=True))
+
+
+def test_a_benchmark_in_the_throwaway_vm_writes_to_its_results_window(tmp_path, monkeypatch):
+    """In the VM the source tree is read-only: `bench/sync.py` without --json ended in a traceback."""
+    monkeypatch.setenv("KPLAB_BENCH_RESULTS", str(tmp_path))
+    assert report.save({"bench": "sync-ipvs", "rows": []}) == tmp_path / "sync-ipvs.json"
+    assert report.load("sync-ipvs") == {"bench": "sync-ipvs", "rows": []}
