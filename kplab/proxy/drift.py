@@ -54,8 +54,10 @@ class Diff:
         if not self.clean and not self.next_sync.full:
             body += ("# a partial sync repairs only the drift of what it rewrites; `kplab sync --full` repairs "
                      "all of it (upstream: its hourly full sync, or a restart)\n")
-        nxt = f"# the next sync ({kind}, {self.next_sync.changed} service ports) writes:\n"
-        return head + body + nxt + self.next_sync.text
+        nxt = f"# the next sync ({kind}, {self.next_sync.changed} service ports) writes"
+        if not self.next_sync.text.strip():
+            return head + body + nxt + " nothing\n"
+        return head + body + nxt + ":\n" + self.next_sync.text
 
     def as_dict(self) -> dict[str, object]:
         return {"node": self.node, "mode": self.mode, "clean": self.clean, "missing": self.missing,
