@@ -70,6 +70,8 @@ def test_traced_after_migration(lab, ns):
     Hint: `t = lab.trace("client", "catalog")` after the migration, then the `endpoint-...` chain in
     its path: answer("09-capstone/traced-after-migration", ...).
     """
+    assert lab.mode == "nftables", (f"the lab runs {lab.mode}: this question reads nftables' endpoint chains "
+                                    "(lab.set_mode('nftables'), then trace and answer)")
     _, hop, trace = traced_endpoint(lab, "09-capstone/traced-after-migration", "nftables", "client")
     assert trace["target"].split(":")[0] == "catalog", f"that trace went to {trace['target']}, not catalog"
     out = ns(hop["node"]).run(f"nft list chain ip kube-proxy '{hop['chain']}'")

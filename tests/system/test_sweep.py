@@ -215,21 +215,35 @@ def test_curl_from_outside_to_a_cluster_ip_says_how_to_reach_the_service(lab, ca
 def test_an_ebpf_check_in_another_mode_says_the_mode_in_words(lab):
     """Seen in notebook 10 out of order (exercise 2 done, then `kplab mode iptables`): the check
     `10-ebpf/two-slots` ended in `ERROR KeyError: 'services'` instead of naming the mode."""
+    web = sorted(p.metadata.name for p in lab.pods() if p.metadata.name.startswith("web-"))
+    lab.set_ready(web[0], False)
+    try:
+        res = run_check(NAME, "10-ebpf/two-slots")
+    finally:
+        lab.set_ready(web[0], True)
+    assert res["outcome"] == "failed" and res["message"].startswith("the lab runs iptables"), res
+
+
+def test_the_capstones_nftables_trace_check_in_another_mode_says_the_mode(lab):
+    """Seen after moving on to notebook 10 (eBPF): `09-capstone/traced-after-migration` said the
+    answer's chain "is gone: trace and answer again", or asked for an answer, not that the lab had
+    left nftables mode."""
+    res = run_check(NAME, "09-capstone/traced-after-migration")
+    assert res["outcome"] == "failed" and res["message"].startswith("the lab runs iptables"), res
+
+
+def run_check(lab_name: str, check: str) -> dict:
+    """One check through the CLI, as a learner runs it, in a learner's name."""
     import json
     import os
     import subprocess
     import sys
 
-    web = sorted(p.metadata.name for p in lab.pods() if p.metadata.name.startswith("web-"))
-    lab.set_ready(web[0], False)
-    try:
-        cp = subprocess.run([sys.executable, "-m", "kplab.cli", "check", "10-ebpf/two-slots", "-o", "json"],
-                            capture_output=True, text=True, check=False, timeout=300,
-                            env={**os.environ, "KPLAB_LAB": NAME, "KPLAB_LEARNER": "tester"})
-        [res] = json.loads(cp.stdout)
-    finally:
-        lab.set_ready(web[0], True)
-    assert res["outcome"] == "failed" and res["message"].startswith("the lab runs iptables"), res
+    cp = subprocess.run([sys.executable, "-m", "kplab.cli", "check", check, "-o", "json"],
+                        capture_output=True, text=True, check=False, timeout=300,
+                        env={**os.environ, "KPLAB_LAB": lab_name, "KPLAB_LEARNER": "tester"})
+    [res] = json.loads(cp.stdout)
+    return dict(res)
 
 
 def test_leaving_iptables_mode_removes_the_tables_it_created(lab):
