@@ -161,14 +161,15 @@ def register(app: typer.Typer) -> None:
 
     @app.command()
     def mode(new_mode: str | None = typer.Argument(None), scheduler: str | None = typer.Option(None),
-             socket_lb: bool = typer.Option(True, "--socket-lb/--no-socket-lb",
-                                            help="ebpf: choose backends at connect()"),
+             socket_lb: bool | None = typer.Option(None, "--socket-lb/--no-socket-lb", show_default=False,
+                                                   help="ebpf: choose backends at connect() (default: on, or as "
+                                                        "last set: options persist, as in kube-proxy's config)"),
              output: str | None = OUT, sets: list[str] = SET) -> None:
         """Show the lab's mode, or switch every node to another (the old mode's state is removed)."""
         lab = attach()
         if new_mode is not None:
             opts: dict[str, Any] = {"scheduler": scheduler} if scheduler else {}
-            if new_mode == "ebpf":
+            if new_mode == "ebpf" and socket_lb is not None:
                 opts["socket_lb"] = socket_lb
             lab.set_mode(new_mode, **opts, **lab_options(sets))
             for w in lab.notes:
@@ -178,7 +179,8 @@ def register(app: typer.Typer) -> None:
         data = {"lab": lab.name, "mode": lab.mode, "options": lab.options}
         text = lab.mode if new_mode is None else f"lab {lab.name!r} now runs kube-proxy in {new_mode} mode"
         if new_mode == "ebpf":
-            how = "socket LB at connect() and tc" if socket_lb else "tc programs only (no socket LB)"
+            on = bool(lab.options.get("socket_lb", True))  # as the proxier reads it
+            how = "socket LB at connect() and tc" if on else "tc programs only (no socket LB)"
             text = f"lab {lab.name!r} now runs no kube-proxy: the eBPF replacement does it ({how})"
         emit(data, output, text)
 

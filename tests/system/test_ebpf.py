@@ -258,6 +258,24 @@ def test_tc_only_when_socket_lb_is_off(lab):
     assert "connect4" in lab.trace("client", "web").path[0]
 
 
+def test_the_cli_and_a_notebook_keep_socket_lb_as_last_set(lab, capsys, monkeypatch):
+    """`lab.set_mode("ebpf")` kept socket_lb=False from an earlier switch (options persist, as in
+    kube-proxy's config) while `kplab mode ebpf` turned it back on: the flag defaulted to true."""
+    from kplab.testing.labs import run_cli
+
+    try:
+        rc, out, _ = run_cli(capsys, monkeypatch, NAME, "mode", "ebpf", "--no-socket-lb")
+        assert rc == 0 and "tc programs only" in out, out
+        rc, out, _ = run_cli(capsys, monkeypatch, NAME, "mode", "ebpf")
+        assert rc == 0 and "tc programs only" in out and lab.options["socket_lb"] is False, out
+        assert "from_pod" in lab.trace("client", "web").path[0], "no socket LB: tc decides"
+        rc, out, _ = run_cli(capsys, monkeypatch, NAME, "mode", "ebpf", "--socket-lb")
+        assert rc == 0 and "socket LB at connect()" in out and lab.options["socket_lb"] is True, out
+    finally:
+        lab.set_mode("ebpf", socket_lb=True)
+    assert "connect4" in lab.trace("client", "web").path[0]
+
+
 def test_mode_switch_leaves_nothing_behind(lab):
     ids = prog_ids(lab)
     lab.set_mode("nftables")
