@@ -169,7 +169,7 @@ def register(app: typer.Typer) -> None:
         lab = attach()
         if new_mode is not None:
             opts: dict[str, Any] = {"scheduler": scheduler} if scheduler else {}
-            if new_mode == "ebpf" and socket_lb is not None:
+            if socket_lb is not None:  # another mode warns that it ignores it
                 opts["socket_lb"] = socket_lb
             lab.set_mode(new_mode, **opts, **lab_options(sets))
             for w in lab.notes:

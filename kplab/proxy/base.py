@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+from kplab.cluster.options import meant
 from kplab.errors import CommandError, KplabError, ProxierError
 from kplab.proxy.core import ProxyState
 from kplab.proxy.drift import Diff, compare
@@ -218,7 +219,7 @@ class Proxier(abc.ABC):
 def proxier_class(mode: str) -> type[Proxier]:
     """The class implementing `mode`; a KplabError naming the choices otherwise."""
     if mode not in MODES:
-        raise KplabError(f"unknown mode {mode!r}: choose one of {', '.join(MODES)}")
+        raise KplabError(f"unknown mode {mode!r}{meant(mode, MODES)}: choose one of {', '.join(MODES)}")
     module_name, _, cls_name = MODES[mode].partition(":")
     try:
         module = importlib.import_module(module_name)

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from kplab.cluster.run import run
-from kplab.errors import CommandError, ProxierError
+from kplab.errors import CommandError, KplabError, ProxierError
 from kplab.formats.iptables_save import Dump
 from kplab.proxy import drift, xtables
 from kplab.proxy.base import MODES, Memory, Plan, Proxier, RulesView, SyncResult, proxier_class
@@ -144,3 +144,8 @@ def test_a_program_killed_by_the_oom_killer_is_one_readable_line():
     assert str(e.value).startswith("sh was killed by SIGKILL: most likely out of memory"), str(e.value)
     with pytest.raises(CommandError, match="sh was killed by SIGTERM$"):
         run(["sh", "-c", "kill -15 $$"])
+
+
+def test_a_misspelt_mode_is_one_line_with_the_near_one():
+    with pytest.raises(KplabError, match=r"unknown mode 'ebpff' \(did you mean ebpf\?\): choose one of iptables"):
+        proxier_class("ebpff")
