@@ -112,8 +112,10 @@ def test_mode_prints_json(lab, capsys, monkeypatch):
 def test_an_option_the_new_mode_ignores_is_warned_about_once(lab, capsys, monkeypatch):
     """`kplab mode nftables --set drop_invalid=false` switched and said nothing of the option it ignores."""
     try:
-        rc, _, err = run_cli(capsys, monkeypatch, NAME, "mode", "nftables", "--set", "drop_invalid=false")
+        rc, _, err = run_cli(capsys, monkeypatch, NAME, "mode", "nftables", "--set", "drop_invalid=false",
+                             "--socket-lb")
         assert rc == 0 and "warning: option drop_invalid: nftables mode ignores it" in err, err
+        assert "warning: option socket_lb: nftables mode ignores it" in err, "the flag was dropped silently"
         with warnings.catch_warnings(record=True) as seen:
             warnings.simplefilter("always")
             lab.scale("web", 3)  # the next verb does not say it again
