@@ -94,14 +94,29 @@ def explain(text: str, catalog: Catalog | None = None, fmt: str | None = None) -
         ex = explain_ebpf.read(text, catalog)
     else:
         raise DumpError(f"unknown dump format {fmt!r}: iptables, nftables, ipvs or ebpf")
+    if not ex.services:
+        ex.notes.append(no_services_hint(fmt, text))
     if catalog:
         _compare(ex, catalog)
-    elif fmt not in ("ipvs", "ebpf"):
+    elif fmt not in ("ipvs", "ebpf") and ex.services:
         checked = sum("hash checked" in s.name_from for s in ex.services)
         ex.notes.append(
             f"names from the rules; {checked} of {len(ex.services)} checked against upstream's hashes"
         )
     return ex
+
+
+def no_services_hint(fmt: str, text: str) -> str:
+    """Where a node's Services are when its dump shows none (an SRE pasted the other mode's tables)."""
+    if fmt == "iptables" and "KUBE-CLUSTER-IP" in text:
+        return ("no Service here: the rules match ipset KUBE-CLUSTER-IP, so this node's kube-proxy runs in "
+                "ipvs mode; explain `ipvsadm -Ln` (names: --services FILE of `kubectl get svc,endpointslices -A -o yaml`)")
+    if fmt == "iptables":
+        return ("no Service here: no KUBE-SVC/KUBE-SEP chains; in iptables mode they are in the nat table "
+                "(`iptables-save -t nat`); other modes: `nft list table ip kube-proxy`, `ipvsadm -Ln`, "
+                "or a Cilium node's `cilium-dbg bpf lb list`")
+    return (f"no Service in this {fmt} dump; a node's Services are in `iptables-save -t nat`, "
+            "`nft list table ip kube-proxy`, `ipvsadm -Ln` or `cilium-dbg bpf lb list`, by its mode")
 
 
 def explain_file(path: str | Path, services: str | Path | None = None) -> Explanation:

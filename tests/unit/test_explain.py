@@ -679,3 +679,16 @@ def test_ipvs_external_local_read_from_the_local_real_servers():
     ex = explain(fallback, catalog)
     assert ex.all_anomalies() == []
     assert ex.service("default/web-local:http").external_policy == "Local"
+
+
+def test_a_dump_without_services_says_where_they_are():
+    """An SRE pasted `iptables-save` of an IPVS node (or the filter table only): "0 service ports" and
+    a note that every name was checked, nothing on where the Services were."""
+    ipvs_node = ('*nat\n:KUBE-SERVICES - [0:0]\n-A KUBE-SERVICES -m comment --comment "Kubernetes service cluster '
+                 'ip + port for masquerade purpose" -m set --match-set KUBE-CLUSTER-IP src,dst -j KUBE-MARK-MASQ\n'
+                 "COMMIT\n")
+    ex = explain(ipvs_node)
+    assert not ex.services and any("runs in ipvs mode; explain `ipvsadm -Ln`" in n for n in ex.notes), ex.notes
+    assert not any("checked against upstream's hashes" in n for n in ex.notes)
+    ex = explain("*filter\n:INPUT ACCEPT [0:0]\nCOMMIT\n")
+    assert any("`iptables-save -t nat`" in n for n in ex.notes), ex.notes
