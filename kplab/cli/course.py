@@ -131,12 +131,13 @@ def register(app: typer.Typer) -> None:
         if ctx.invoked_subcommand:
             return
         from kplab.grading import progress, report
-        from kplab.grading.replay import grade_course
+        from kplab.grading.replay import chosen_notebooks, grade_course
 
         folder = progress.work_dir(work)
-        who = progress.learner_id(learner, folder)
         if output not in report.FORMATS:
-            report.render(report.Report(who, lab, []), output)  # the one-line "unknown format" error
+            report.render(report.Report("", lab, []), output)  # the one-line "unknown format" error
+        chosen_notebooks(folder, notebook)  # a typo or a wrong folder is said before the learner is asked
+        who = progress.learner_id(learner, folder)
         grades = grade_course(folder, notebook, lab=lab, cell_timeout=cell_timeout,
                               progress=lambda line: typer.echo(line, err=True))
         firsts = {r["id"]: r["first_passed"] for r in progress.table(folder) if r["first_passed"]}

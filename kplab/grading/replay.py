@@ -234,32 +234,39 @@ def grade_notebook(name: str, release: nbformat.NotebookNode, work: Path, lab: s
     return NotebookGrade(name, results, round(time.monotonic() - t0, 1), problems, slowest)
 
 
-def grade_course(work: Path, notebooks: list[str] | None = None, lab: str = GRADING_LAB,
-                 labs: Path | None = None, cell_timeout: float = 120.0, progress: Any = None) -> list[NotebookGrade]:
-    """Every notebook of the release (or those named: `03`, `03-iptables`), each replayed; then the lab down."""
+def chosen_notebooks(work: Path, notebooks: list[str] | None = None,
+                     labs: Path | None = None) -> dict[str, nbformat.NotebookNode]:
+    """The release notebooks to grade (all, or those named: `03`, `03-iptables`); a CheckError for an
+    unknown name or a work folder that is not there, before anything is asked or built."""
     from kplab.errors import CheckError
-    from kplab.lab import Lab
 
     releases = release_notebooks(labs)
-    chosen = list(releases)
     if notebooks:
-        chosen = [n for n in releases if any(w in (n, n.split("-", 1)[0]) for w in notebooks)]
         unknown = [w for w in notebooks if not any(w in (n, n.split("-", 1)[0]) for n in releases)]
         if unknown:
             raise CheckError(f"no notebook {', '.join(unknown)} in this course: choose from {', '.join(releases)}")
+        releases = {n: r for n, r in releases.items() if any(w in (n, n.split("-", 1)[0]) for w in notebooks)}
     if not work.is_dir():
         raise CheckError(f"{work} is not a folder of notebooks: pass the learner's work folder")
+    return releases
+
+
+def grade_course(work: Path, notebooks: list[str] | None = None, lab: str = GRADING_LAB,
+                 labs: Path | None = None, cell_timeout: float = 120.0, progress: Any = None) -> list[NotebookGrade]:
+    """Every notebook of the release (or those named: `03`, `03-iptables`), each replayed; then the lab down."""
+    from kplab.lab import Lab
+
     grades = []
     try:
-        for name in chosen:
+        for name, release in chosen_notebooks(work, notebooks, labs).items():
             if progress:
                 progress(f"grading {name} ...")
-            grades.append(grade_notebook(name, releases[name], work, lab, cell_timeout))
+            grades.append(grade_notebook(name, release, work, lab, cell_timeout))
             if progress:
                 g = grades[-1]
+                slowest = f" (slowest: {'; '.join(g.slowest)})" if g.slowest else ""
                 progress(f"  {sum(r.passed for r in g.results)} of {sum(r.applicable for r in g.results)} "
-                         f"passed in {g.seconds:.0f}s (slowest: {'; '.join(g.slowest)})"
-                         + "".join(f"\n  {p}" for p in g.problems))
+                         f"passed in {g.seconds:.0f}s{slowest}" + "".join(f"\n  {p}" for p in g.problems))
     finally:
         try:
             Lab(lab).down()

@@ -314,3 +314,20 @@ def test_capstone_answer_that_names_no_service_is_told_so(tmp_path: Path) -> Non
     node = SimpleNamespace(run=lambda cmd: SimpleNamespace(stdout=dump))
     with pytest.raises(AssertionError, match="'catlog' is not one of the shop's Services"):
         capstone.test_broken_service(lab, lambda name: node)
+
+
+@pytest.mark.parametrize("args, said", [
+    (["--work", "/nonexistent"], "/nonexistent is not a folder of notebooks"),
+    (["--notebook", "99"], "no notebook 99 in this course"),
+    (["-o", "xml"], "unknown report format 'xml'"),
+])
+def test_grade_says_a_wrong_folder_or_typo_before_asking_who(args, said, tmp_path, capsys, monkeypatch):
+    """`kplab grade --work /nonexistent` said "who is this? no learner id in /nonexistent/.kplab/learner"."""
+    from kplab.cli import main
+
+    for var in ("JUPYTERHUB_USER", "KPLAB_LEARNER", "KPLAB_WORK"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.chdir(tmp_path)
+    assert main(["grade", *(args if "--work" in args else ["--work", str(tmp_path), *args])]) == 1
+    err = capsys.readouterr().err
+    assert said in err and "who is this" not in err, err
