@@ -59,13 +59,9 @@ def _kind_name(args: list[str], what: str) -> tuple[str, str, list[str]]:
 
 
 def _writable(kind: str, verb: str) -> None:
-    from kplab.errors import LabError
+    from kplab.cluster.kubeviews import writable
 
-    if kind not in ("Pod", "Service", "Deployment", "EndpointSlice"):
-        raise LabError(
-            f"{verb} works on pods, services, deployments and endpointslices; {kind} objects are "
-            "the lab's own views" + (": `kplab down` removes the lab" if kind == "Node" else "")
-        )
+    writable(kind, verb)
 
 
 def up_hint(lab: Any) -> str:

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from kplab.cluster import apiserver, controller, deployments, edits, manifests
 from kplab.cluster.apiserver import NotFound, not_found, resource
+from kplab.cluster.kubeviews import KIND_OF, kind_of, writable
 from kplab.cluster.offloop import off_loop
 from kplab.errors import KplabWarning, LabError
 
@@ -100,7 +101,12 @@ class KubectlVerbs:
 
     @off_loop
     def delete(self, *sources: Source, ignore_not_found: bool = False) -> list[str]:
-        """kubectl delete -f: what exists goes at once (pods' namespaces too); the rest is NotFound."""
+        """kubectl delete -f: what exists goes at once (pods' namespaces too); the rest is NotFound.
+        As `kubectl delete svc web` does, `lab.delete("svc", "web")` deletes by kind and names."""
+        if _kind_and_names(sources):
+            kind = kind_of(str(sources[0]))
+            writable(kind, "delete")
+            return self.delete_objects(kind, [str(s) for s in sources[1:]], ignore_not_found=ignore_not_found)
         targets = [(d.kind, d.key, d.source) for d in manifests.load(sources)]
         return self._delete(targets, ignore_not_found)
 
@@ -244,3 +250,10 @@ class KubectlVerbs:
         self.refresh()
         self._object("Deployment", deployment, namespace)
         return deployments.rollout_status(self.data["objects"], f"{namespace}/{deployment}")
+
+
+def _kind_and_names(sources: tuple[Any, ...]) -> bool:
+    """("svc", "web", ...): a kind word that names no file, then names (a learner typing kubectl's words)."""
+    words = [s for s in sources if isinstance(s, str) and "\n" not in s and ":" not in s]
+    return len(sources) >= 2 and len(words) == len(sources) and words[0].lower() in KIND_OF \
+        and not Path(words[0]).exists()

@@ -59,6 +59,15 @@ def kind_of(word: str) -> str:
     return kind
 
 
+def writable(kind: str, verb: str) -> None:
+    """Pods, Services, Deployments and EndpointSlices change; the rest are views of them."""
+    if kind not in ("Pod", "Service", "Deployment", "EndpointSlice"):
+        raise LabError(
+            f"{verb} works on pods, services, deployments and endpointslices; {kind} objects are "
+            "the lab's own views" + (": `kplab down` removes the lab" if kind == "Node" else "")
+        )
+
+
 def check_output(output: str | None) -> None:
     if output is not None and output not in OUTPUTS:
         raise LabError(

@@ -139,6 +139,22 @@ def test_deleting_a_deployment_removes_its_namespaces_and_applying_it_again_work
     lab.delete(*docs)
 
 
+def test_a_notebook_deletes_by_kind_and_name_as_kubectl_does(lab):
+    """`lab.delete("svc", "t1")`, as a learner types `kubectl delete svc t1`, said "no such file: svc"."""
+    from kplab.cluster.apiserver import NotFound
+    from kplab.errors import LabError
+
+    lab.apply("apiVersion: v1\nkind: Service\nmetadata: {name: t1}\n"
+              "spec: {selector: {app: web}, ports: [{port: 81, targetPort: 8080}]}")
+    assert lab.delete("svc", "t1") == ['service "t1" deleted']
+    assert "t1" not in [s.metadata.name for s in lab.services()]
+    with pytest.raises(NotFound, match='services "t1" not found'):
+        lab.delete("svc", "t1")
+    assert lab.delete("svc", "t1", ignore_not_found=True) == []
+    with pytest.raises(LabError, match="ReplicaSet objects are the lab's own views"):
+        lab.delete("rs", "web")
+
+
 def test_a_changed_template_is_rolled_out_and_old_pods_go_after_their_grace(lab):
     """A new container port was never rolled out: the pod-template-hash ignored it (issue 19)."""
     lab.apply(ROLL)
