@@ -26,6 +26,7 @@ from typing import Any
 import yaml
 
 from kplab.cluster import validation
+from kplab.cluster.options import meant
 from kplab.errors import ManifestError
 
 KINDS = {
@@ -56,7 +57,7 @@ class Doc:
 
     @property
     def label(self) -> str:
-        return f"{self.kind} {self.key}"
+        return f"{self.kind} {self.key}" if self.kind else self.key
 
     def error(self, message: str, field: str = "") -> ManifestError:
         return ManifestError(message, source=self.source, obj=self.label, field=field)
@@ -103,9 +104,16 @@ def load(sources: Iterable[str | Path | dict[str, Any]]) -> list[Doc]:
                 stack[0:0] = list(body.get("items") or [])
                 continue
             doc = Doc(name, body)
+            if not body.get("apiVersion") or not body.get("kind"):  # as kubectl: "apiVersion not set"
+                missing = "apiVersion" if not body.get("apiVersion") else "kind"
+                wants = {k: v for v, k in KINDS}.get(body.get("kind"), "v1, apps/v1 or discovery.k8s.io/v1")
+                raise doc.error(f"not set: every object needs apiVersion and kind (here apiVersion: {wants})"
+                                if missing == "apiVersion" else "not set: every object needs apiVersion and kind "
+                                "(Service, Pod, Deployment or EndpointSlice)", missing)
             if (body.get("apiVersion"), body.get("kind")) not in KINDS:
                 known = ", ".join(f"{k} ({v})" for v, k in KINDS)
-                raise doc.error(f"unknown kind {body.get('apiVersion')}/{body.get('kind')}: kplab reads {known}")
+                near = meant(str(body.get("kind")), [k for _, k in KINDS])
+                raise doc.error(f"unknown kind {body.get('apiVersion')}/{body.get('kind')}{near}: kplab reads {known}")
             md = body.setdefault("metadata", {})
             if not md.get("name"):
                 raise doc.error("every object needs a name", "metadata.name")

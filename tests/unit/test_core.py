@@ -119,3 +119,16 @@ def test_unknown_kind_names_the_file(tmp_path):
     f.write_text("apiVersion: v1\nkind: Secret\nmetadata: {name: s}\n")
     with pytest.raises(ManifestError, match=f"{f}: Secret default/s: unknown kind v1/Secret"):
         manifests.load([f])
+
+
+@pytest.mark.parametrize("text, said", [
+    ("kind: Service\nmetadata: {name: x}\n",
+     "<inline>: Service default/x: apiVersion: not set: every object needs apiVersion and kind (here apiVersion: v1)"),
+    ("apiVersion: v1\nmetadata: {name: x}\n", "<inline>: default/x: kind: not set"),
+    ("apiVersion: v1\nkind: Servic\nmetadata: {name: x}\n", "unknown kind v1/Servic (did you mean Service?)"),
+])
+def test_a_manifest_without_apiversion_or_kind_says_so(text, said):
+    """A Service without apiVersion was "unknown kind None/Service"."""
+    with pytest.raises(ManifestError) as e:
+        manifests.load([text])
+    assert str(e.value).startswith(said) if said.startswith("<") else said in str(e.value), str(e.value)
