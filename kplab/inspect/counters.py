@@ -60,7 +60,7 @@ class Counts:
         return out
 
     def text(self) -> str:
-        lines = [f"{self.service}: {self.total} new connections ({self.source})"]
+        lines = [f"{self.service}: {self.total} new connection{'' if self.total == 1 else 's'} ({self.source})"]
         for ep, n in sorted(self.per_endpoint.items()):
             lines.append(f"  {n:6d}  {ep}  {self.pods.get(ep, '')}".rstrip())
         return "\n".join(lines)
@@ -100,6 +100,9 @@ def read(lab: LabView, service: str, port: str | None = None) -> Counts:
     """Absolute counts now (see `counting` for differences over a block)."""
     from kplab.formats import iptables_save, nft_text
 
+    # a misspelt Service or port is an error, not "0 new connections"; a port number counts as its name
+    named = lab.service_port(service, port).get("name") or None
+    port = named if port is not None else None
     mode = lab.mode
     pods = {p.status.pod_ip: p.metadata.name for p in lab.pods()}
     per_node: dict[str, dict[str, int]] = {}

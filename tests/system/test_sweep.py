@@ -269,3 +269,19 @@ def test_leaving_iptables_mode_removes_the_tables_it_created(lab):
     finally:
         lab.exec("node-1", ["iptables", "-t", "raw", "-D", "PREROUTING", "-s", "192.0.2.1", "-j", "ACCEPT"])
         lab.set_mode("iptables")
+
+
+def test_counters_of_a_misspelt_service_is_an_error_and_a_port_number_counts_as_its_name(lab):
+    """`kplab counters wbe` printed "wbe: 0 new connections", and `--port 80` counted nothing: the
+    rules name the port http."""
+    from kplab.errors import LabError
+    from kplab.inspect.counters import counting, read
+
+    with pytest.raises(LabError, match="no Service named 'wbe'"):
+        read(lab, "wbe")
+    with pytest.raises(LabError, match="has no port 'htp'"):
+        read(lab, "web", "htp")
+    with counting(lab, "web", "80") as by_number:
+        res = lab.curl("client", "web", n=5)
+    assert res.ok == 5 and by_number.total == 5, by_number.text()
+    assert read(lab, "web", "80").total == read(lab, "web", "http").total > 0
