@@ -56,10 +56,11 @@ def starts(path: Path | None = None) -> dict[str, Start]:
 
 
 def start_of(notebook: str) -> Start:
-    """`03` or `03-iptables` -> that notebook's Start."""
+    """`03`, `3`, `iptables` or `03-iptables` -> that notebook's Start."""
     all_starts = starts()
+    word = notebook.zfill(2) if notebook.isdigit() else notebook
     for name, start in all_starts.items():
-        if notebook in (name, name.split("-", 1)[0]):
+        if word in (name, *name.split("-", 1)):
             return start
     raise CheckError(f"no notebook {notebook!r} in labs/manifest.yaml: choose one of {', '.join(all_starts)}")
 

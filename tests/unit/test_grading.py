@@ -331,3 +331,11 @@ def test_grade_says_a_wrong_folder_or_typo_before_asking_who(args, said, tmp_pat
     assert main(["grade", *(args if "--work" in args else ["--work", str(tmp_path), *args])]) == 1
     err = capsys.readouterr().err
     assert said in err and "who is this" not in err, err
+
+
+@pytest.mark.parametrize("word", ["03", "3", "iptables", "03-iptables"])
+def test_a_notebook_is_named_as_a_learner_would(word):
+    """`kplab reset 3` said "no notebook '3'" while `kplab reset 03` worked."""
+    from kplab.grading.course import start_of
+
+    assert start_of(word).notebook == "03-iptables"
