@@ -38,10 +38,14 @@ def lab_options(sets: list[str]) -> dict[str, Any]:
     return out
 
 
-def _is_cluster_ip(lab: Any, target: str) -> bool:
-    """Whether `target` resolves to a Service's ClusterIP (which `outside` has no route to)."""
+def outside_note(lab: Any, frm: str, target: str) -> list[str]:
+    """Why `outside` got no answer from a ClusterIP (it has no route to one), for curl and send."""
     ip = lab.resolve(target)[0]
-    return any((svc.get("spec") or {}).get("clusterIP") == ip for svc in lab.objects("Service"))
+    if frm != "outside" or not any((svc.get("spec") or {}).get("clusterIP") == ip for svc in lab.objects("Service")):
+        return []
+    name = target.split(":")[0]
+    return [(f"  note: a ClusterIP is routed only inside the cluster (as on a real one): from outside use "
+             f"{lab.nodes[0]}:{name} (its NodePort) or lb:{name}")]
 
 
 def register(app: typer.Typer) -> None:
@@ -152,9 +156,8 @@ def register(app: typer.Typer) -> None:
             seen = sorted({a["client_ip"] for a in res.answers})
             lines.append(f"  the backends saw the client as: {', '.join(seen)}")
         lines += [f"  failed: {err} x{c}" for err, c in res.errors.items()]
-        if res.ok == 0 and frm == "outside" and _is_cluster_ip(lab, target):
-            lines.append(f"  note: a ClusterIP is routed only inside the cluster (as on a real one): from outside use "
-                         f"{lab.nodes[0]}:{target.split(':')[0]} (its NodePort) or lb:{target.split(':')[0]}")
+        if res.ok == 0:
+            lines += outside_note(lab, frm, target)
         emit(d, output, "\n".join(lines))
         if res.ok == 0:
             raise typer.Exit(1)  # as curl: no answer is a failure a script can see

@@ -28,11 +28,13 @@ def register(app: typer.Typer) -> None:
 
         A crafted SYN is not a kernel connection: the client's kernel answers the SYN-ACK with a RST.
         """
+        from kplab.cli.core import outside_note
         from kplab.packets.api import packets
 
         if sum((tcp_syn, udp, icmp)) > 1:
             raise typer.BadParameter("choose one of --tcp-syn, --udp, --icmp")
-        pk = packets(attach(), frm)
+        lab = attach()
+        pk = packets(lab, frm)
         reply = (
             pk.udp(target, timeout=timeout)
             if udp
@@ -40,7 +42,8 @@ def register(app: typer.Typer) -> None:
             if icmp
             else pk.syn(target, timeout=timeout)
         )
-        emit(reply.to_dict(), output, reply.text())
+        note = [] if reply.answered or icmp else outside_note(lab, frm, target)
+        emit(reply.to_dict(), output, "\n".join([reply.text(), *note]))
 
     @app.command()
     def capture(

@@ -212,6 +212,10 @@ def test_curl_from_outside_to_a_cluster_ip_says_how_to_reach_the_service(lab, ca
     assert rc == 1 and "0/1 answered" in out and "routed only inside the cluster" in out and "node-1:web" in out
     rc, out, _ = run_cli(capsys, monkeypatch, NAME, "curl", "outside", "node-1:web")
     assert rc == 0 and "1/1 answered" in out and "routed only" not in out
+    rc, out, _ = run_cli(capsys, monkeypatch, NAME, "send", "outside", "web", "--timeout", "0.5")
+    assert rc == 0 and "no answer" in out and "routed only inside the cluster" in out, "send says it too"
+    rc, out, _ = run_cli(capsys, monkeypatch, NAME, "send", "outside", "node-1:web")
+    assert rc == 0 and "SA" in out and "routed only" not in out
 
 
 def test_an_ebpf_check_in_another_mode_says_the_mode_in_words(lab):
