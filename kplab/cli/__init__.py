@@ -123,7 +123,6 @@ def main(argv: list[str] | None = None) -> int:
         else:  # one line that says what is wrong and where the help is
             typer.echo(f"{ctx.command_path}: {e.format_message()} (see `{ctx.command_path} --help`)", err=True)
         return int(getattr(e, "exit_code", 2))
-    return 0
 
 
 if __name__ == "__main__":

@@ -26,7 +26,6 @@ import os
 import socket
 import struct
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
@@ -133,23 +132,6 @@ def write_sysctls(netns: str, values: dict[str, str]) -> None:
 def read_sysctl(netns: str, key: str) -> str:
     with entered(netns), open("/proc/sys/" + key.replace(".", "/")) as f:
         return f.read().strip()
-
-
-@dataclass
-class PodLink:
-    netns: str
-    ip: str  # with prefix length, e.g. 10.244.1.2/24
-    gateway: str
-
-
-@dataclass
-class NodeLink:
-    name: str
-    netns: str
-    ip: str  # 172.18.0.11/24
-    pod_cidr: str  # 10.244.1.0/24
-    bridge_ip: str  # 10.244.1.1/24
-    pods: list[PodLink] = field(default_factory=list)
 
 
 def veth_name(pod_netns: str) -> str:
